@@ -1,0 +1,465 @@
+"""The kernel: one boot of the emulated host, and the live-update orchestrator in it.
+
+A ``Kernel`` owns the plugin registry, the device tree, the subsystem
+participants and the global state machine.  ``kexec()`` ends it: every Python
+object it owns is torn down, and the next kernel boots over the same machine
+from the handoff bytes alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import attrs
+import cbor2
+import structlog
+
+from luo_core._errors import (
+    CallbackError,
+    ExistsError,
+    HandoffError,
+    InvalidTransitionError,
+    KernelGoneError,
+    NotFoundError,
+)
+from luo_core._hookspecs import PROJECT
+from luo_core._orchestrator import PhaseRunner
+from luo_core._participants import (
+    DEVICE,
+    SUBSYSTEM,
+    DeviceSteps,
+    Key,
+    checked_bytes,
+    device_key,
+    label,
+    subsystem_key,
+)
+from luo_core._records import Subsystem
+from luo_core._registry import PluginRegistry, load_plugins
+from luo_core._state import REGISTRATION_STATES, Event, State, StateMachine
+from luo_core._stats import PhaseStats, UpdateStats, now_ns
+from luo_core.devices import Device, DeviceTree, freeze_graph, restore_graph
+from luo_core.devices import _builtin
+from luo_core.platform import Machine
+from luo_core.serialization import HandoffRecord, decode_handoff, encode_handoff
+
+log = structlog.get_logger(PROJECT)
+META: Key = ("luo", "luo")
+META_COMPATIBLE = "luo-meta-v1"
+
+
+@attrs.frozen
+class KernelConfig:
+    """What a kernel image is made of: which packs it loads, how it schedules.
+
+    ``plugins`` are registered as the distribution ``local`` after installed
+    packs (``discover``).  ``workers > 1`` runs independent device subtrees
+    concurrently in freeze and restore.
+    """
+
+    plugins: tuple[object, ...] = attrs.field(default=(), converter=tuple)
+    discover: bool = True
+    workers: int = 1
+
+
+class Kernel:
+    """One boot of the host.  Build one with :meth:`Kernel.boot`."""
+
+    def __init__(self, machine: Machine, config: KernelConfig, handoff: bytes | None) -> None:
+        incoming = decode_handoff(handoff) if handoff is not None else {}
+        meta = _read_meta(incoming.pop(META, None)) if handoff is not None else None
+        self.machine = machine
+        self.config = config
+        self.registry: PluginRegistry = load_plugins(
+            config.plugins, discover=config.discover, builtin=_builtin
+        )
+        self._sm = StateMachine(State.UPDATED if meta else State.NORMAL)
+        self._gone = False
+        self._subsystems: dict[str, Subsystem] = dict(self.registry.subsystems)
+        self._data: dict[Key, bytes] = {}
+        self._compatibles: dict[Key, str] = {}
+        self._prepared: list[Key] = []
+        self._steps = DeviceSteps(self.registry.buses, self._data)
+        self.devices = DeviceTree(machine, self.registry.drivers, self.registry.buses, self._guard)
+        self.stats: UpdateStats | None = None
+        """Timings of the current (or last) live update; ``None`` before any."""
+        self.liveupdate_number = 0
+        """How many live updates led to this kernel."""
+        if meta is None:
+            self._probe(self.devices.devices())
+        else:
+            self._boot_updated(meta, incoming)
+
+    @classmethod
+    def boot(
+        cls,
+        machine: Machine,
+        *,
+        plugins: Sequence[object] = (),
+        discover: bool = True,
+        workers: int = 1,
+    ) -> Kernel:
+        """Cold-boot a kernel on ``machine`` (state ``normal``)."""
+        return cls(machine, KernelConfig(plugins, discover, workers), None)
+
+    @property
+    def state(self) -> State:
+        return self._sm.state
+
+    @property
+    def subsystems(self) -> dict[str, Subsystem]:
+        """Registered subsystem participants, in registration order."""
+        return dict(self._subsystems)
+
+    def handed_over(self, kind: str, name: str) -> bytes | None:
+        """The bytes the previous kernel preserved for a participant (or None)."""
+        return self._data.get((kind, name)) if self.state is State.UPDATED else None
+
+    # -- participants ------------------------------------------------------
+
+    def register_subsystem(self, subsystem: Subsystem, timeout: float | None = None) -> None:
+        """Add a participant; ``EBUSY`` outside normal/updated, ``EEXIST`` if taken.
+
+        In ``updated`` a subsystem with handed-over data gets ``boot`` at once.
+        """
+        with self._hold(f"register {subsystem.name}", timeout):
+            if subsystem.name in self._subsystems:
+                raise ExistsError(f"subsystem {subsystem.name!r} is already registered")
+            self._subsystems[subsystem.name] = subsystem
+            data = self.handed_over(SUBSYSTEM, subsystem.name)
+            if data is not None:
+                runner = PhaseRunner("restore")
+                runner.call_quietly(
+                    label(subsystem_key(subsystem)), lambda: subsystem.ops.boot(data)
+                )
+
+    def unregister_subsystem(self, name: str, timeout: float | None = None) -> None:
+        """Remove a participant; ``ENOENT`` if unknown, ``EBUSY`` mid-update."""
+        with self._hold(f"unregister {name}", timeout):
+            if self._subsystems.pop(name, None) is None:
+                raise NotFoundError(f"subsystem {name!r} is not registered")
+
+    # -- events ----------------------------------------------------------
+
+    def prepare(self, timeout: float | None = None) -> None:
+        """normal -> prepared: every participant serialises its state.
+
+        If one fails, those that succeeded get ``cancel`` in reverse order,
+        the failing one gets none, the state is back to ``normal`` and
+        :class:`CallbackError` is raised.
+        """
+        self._alive()
+        with self._sm.transition(Event.PREPARE, timeout) as target:
+            self.stats = UpdateStats()
+            self._data.clear()
+            self._prepared.clear()
+            self._compatibles.clear()
+            self._run_event(Event.PREPARE, self._steps.prepare, _prepare_subsystem)
+            self._commit(Event.PREPARE, target)
+
+    def freeze(self, timeout: float | None = None) -> None:
+        """prepared -> frozen: the light, final step on the kexec path.
+
+        On failure every prepared participant but the failing one gets
+        ``cancel`` (reverse order) and the state is back to ``normal``.
+        """
+        self._alive()
+        with self._sm.transition(Event.FREEZE, timeout) as target:
+            assert self.stats is not None
+            self.stats.freeze_start_ns = now_ns()
+            self._run_event(Event.FREEZE, self._steps.freeze, self._freeze_subsystem)
+            self._commit(Event.FREEZE, target)
+
+    def cancel(self, timeout: float | None = None) -> None:
+        """prepared|frozen -> normal: every participant gets ``cancel``."""
+        self._alive()
+        with self._sm.transition(Event.CANCEL, timeout) as target:
+            runner = self._start("cancel")
+            self._cancel(runner, self._prepared)
+            self._finish_phase(runner, ok=True)
+            self._commit(Event.CANCEL, target)
+
+    def finish(self, timeout: float | None = None) -> None:
+        """updated -> normal: participants clean up; devices handed over but
+        never reclaimed are reported (``device_not_reclaimed`` warnings)."""
+        self._alive()
+        with self._sm.transition(Event.FINISH, timeout) as target:
+            runner = self._start("finish")
+            handed = [d for d in self.devices.devices() if d.preserved]
+            for dev in handed:
+                if not dev.reclaimed:
+                    log.warning("device_not_reclaimed", device=dev.name, driver=_driver(dev))
+            reclaimed = [d for d in handed if d.reclaimed]
+            runner.run_graph(
+                restore_graph(reclaimed),
+                lambda d: runner.call_quietly(label(device_key(d)), lambda: self._steps.finish(d)),
+                _index,
+                stop_on_error=False,
+            )
+            for sub in self._subsystems.values():
+                data = self._data.get(subsystem_key(sub))
+                runner.call_quietly(
+                    label(subsystem_key(sub)), lambda s=sub, d=data: s.ops.finish(d)
+                )
+            for dev in handed:
+                dev._preserved = dev._reclaimed = False
+            self._data.clear()
+            self._finish_phase(runner, ok=True)
+            self._commit(Event.FINISH, target)
+
+    def kexec(self, config: KernelConfig | None = None) -> Kernel:
+        """Jump to the next kernel and return it; this one is gone afterwards.
+
+        From ``prepared`` this freezes first (freeze is on the kexec path).
+        Devices not preserved are shut down and reset.  ``config`` chooses the
+        next kernel's packs (default: the same as this one).
+        """
+        self._alive()
+        if self.state is State.PREPARED:
+            self.freeze()
+        with self._sm.hold("kexec"):
+            if self.state is not State.FROZEN:
+                raise InvalidTransitionError(
+                    f"kexec: no live update in progress (state {self.state.value}); "
+                    "prepare first"
+                )
+            assert self.stats is not None
+            runner = self._start("kexec")
+            kept = {name for kind, name in self._prepared if kind == DEVICE}
+            for dev in reversed(self.devices.devices()):
+                if dev.name not in kept:
+                    if dev.driver is not None:
+                        runner.call_quietly(
+                            label(device_key(dev)), lambda d=dev: _shutdown(d)
+                        )
+                    dev.hw.reset()
+            records = [
+                HandoffRecord(kind, name, self._compatibles[(kind, name)], self._data[(kind, name)])
+                for kind, name in self._prepared
+            ]
+            self.stats.phases["kexec"] = runner.stats  # the next kernel closes it
+            records.append(_write_meta(self.liveupdate_number, self.stats))
+            blob = encode_handoff(records)
+            self._die()
+        return Kernel(self.machine, config or self.config, blob)
+
+    # -- the phases --------------------------------------------------------
+
+    def _run_event(self, event: Event, device_step: Any, subsystem_step: Any) -> None:
+        """Run prepare or freeze: devices deepest first, then subsystems in
+        registration order; on the first failure roll back and raise."""
+        phase = event.value
+        runner = self._start(phase)
+        devices = [self.devices[name] for kind, name in self._participants() if kind == DEVICE]
+        outcome = runner.run_graph(
+            freeze_graph(devices),
+            lambda d: runner.call(label(device_key(d)), lambda: device_step(d)),
+            lambda d: -d.index,
+            stop_on_error=True,
+        )
+        failures: list[tuple[Key, Exception]] = [(device_key(d), e) for d, e in outcome.failed]
+        if event is Event.PREPARE:
+            self._prepared.extend(device_key(d) for d in outcome.succeeded)
+            for d in outcome.succeeded:
+                self._compatibles[device_key(d)] = _driver(d)
+        if not failures:
+            for sub in self._subsystems.values():
+                key = subsystem_key(sub)
+                try:
+                    runner.call(label(key), lambda s=sub: subsystem_step(s, self._data))
+                except Exception as exc:
+                    failures.append((key, exc))
+                    break
+                if event is Event.PREPARE:
+                    self._prepared.append(key)
+                    self._compatibles[key] = sub.name
+        if failures:
+            self._finish_phase(runner, ok=False)
+            failed = {key for key, _ in failures}
+            cancel = self._start("cancel")
+            self._cancel(cancel, [k for k in self._prepared if k not in failed])
+            self._finish_phase(cancel, ok=True)
+            old = self.state
+            self._sm.force(State.NORMAL)
+            self._notify_state(old, State.NORMAL, event, ok=False)
+            key, exc = failures[0]
+            raise CallbackError(label(key), phase, exc) from exc
+        self._finish_phase(runner, ok=True)
+
+    def _participants(self) -> list[Key]:
+        if self.state is State.NORMAL:
+            return [device_key(d) for d in self.devices.requested()]
+        return list(self._prepared)
+
+    def _cancel(self, runner: PhaseRunner, prepared: Iterable[Key]) -> None:
+        for key in reversed(list(prepared)):
+            kind, name = key
+            if kind == DEVICE:
+                dev = self.devices[name]
+                runner.call_quietly(label(key), lambda d=dev: self._steps.cancel(d))
+            else:
+                sub = self._subsystems[name]
+                data = self._data[key]
+                runner.call_quietly(label(key), lambda s=sub, d=data: s.ops.cancel(d))
+        self._data.clear()
+        self._prepared.clear()
+        self._compatibles.clear()
+
+    def _freeze_subsystem(self, sub: Subsystem, data: dict[Key, bytes]) -> None:
+        key = subsystem_key(sub)
+        data[key] = checked_bytes(sub.ops.freeze(data[key]), f"{sub.name}.freeze")
+
+    def _boot_updated(self, meta: dict[str, Any], incoming: dict[Key, HandoffRecord]) -> None:
+        """Next-kernel boot: subsystems get ``boot``, preserved devices get
+        ``restore`` (parents first); the rest are probed afresh."""
+        self.liveupdate_number = meta["liveupdate-number"] + 1
+        stats = UpdateStats(freeze_start_ns=meta["freeze-start"])
+        for wire in meta["phases"]:
+            phase = PhaseStats.from_wire(wire)
+            stats.phases[phase.phase] = phase
+        self.stats = stats
+        kexec = stats.phases["kexec"]
+        kexec.end_ns = now_ns()
+        self._observe("luo_phase_finished", kernel=self, phase="kexec", stats=kexec)
+        for record in incoming.values():
+            self._data[record.key] = record.data
+        runner = self._start("restore")
+        for sub in self._subsystems.values():
+            record = incoming.get(subsystem_key(sub))
+            if record is not None:
+                runner.call_quietly(label(record.key), lambda s=sub, r=record: s.ops.boot(r.data))
+        handed: list[Device] = []
+        for record in incoming.values():
+            if record.kind != DEVICE:
+                continue
+            if record.name not in self.devices:
+                log.error("handed_over_device_missing", device=record.name)
+                continue
+            dev = self.devices[record.name]
+            dev._preserved = True
+            handed.append(dev)
+
+        def restore(dev: Device) -> None:
+            runner.call(
+                label(device_key(dev)),
+                lambda: self._steps.restore(dev, incoming[device_key(dev)].compatible),
+            )
+            dev._reclaimed = True
+
+        outcome = runner.run_graph(restore_graph(handed), restore, _index, stop_on_error=False)
+        for dev, exc in outcome.failed:
+            log.error("restore_failed", device=dev.name, error=f"{type(exc).__name__}: {exc}")
+        for dev in outcome.skipped:
+            log.error("restore_skipped", device=dev.name, reason="a dependency failed to restore")
+        stats.restore_end_ns = now_ns()
+        self._finish_phase(runner, ok=not outcome.failed)
+        log.info("blackout", blackout_us=stats.blackout_us, liveupdate_number=self.liveupdate_number)
+        self._probe([d for d in self.devices.devices() if not d.preserved])
+
+    def _probe(self, devices: list[Device]) -> None:
+        for dev in devices:
+            if dev.driver is None:
+                continue
+            try:
+                dev.driver.ops.probe(dev)
+            except Exception as exc:
+                log.error("probe_failed", device=dev.name, driver=dev.driver.name, error=str(exc))
+                dev.driver = None
+
+    # -- plumbing --------------------------------------------------------
+
+    def _alive(self) -> None:
+        if self._gone:
+            raise KernelGoneError("this kernel was replaced by kexec; use the one kexec() returned")
+
+    def _die(self) -> None:
+        """Lose every Python object this kernel owned, as a real kexec would."""
+        self._gone = True
+        for dev in self.devices.devices():
+            dev.driver_data = None
+            dev.driver = None
+        self._data.clear()
+        self._subsystems.clear()
+        self._prepared.clear()
+
+    def _hold(self, what: str, timeout: float | None) -> Any:
+        self._alive()
+        return self._sm.hold(what, timeout, allowed=REGISTRATION_STATES)
+
+    def _guard(self, what: str) -> Any:
+        self._alive()
+        return self._sm.hold(
+            what, allowed=frozenset({State.NORMAL}), error=InvalidTransitionError
+        )
+
+    def _start(self, phase: str) -> PhaseRunner:
+        runner = PhaseRunner(phase, self.config.workers)
+        self._observe("luo_phase_started", kernel=self, phase=phase)
+        return runner
+
+    def _finish_phase(self, runner: PhaseRunner, *, ok: bool) -> None:
+        stats = runner.close(ok)
+        if self.stats is not None:
+            self.stats.phases[stats.phase] = stats
+        log.info("phase", phase=stats.phase, ok=ok, duration_us=stats.duration_us)
+        self._observe("luo_phase_finished", kernel=self, phase=stats.phase, stats=stats)
+
+    def _commit(self, event: Event, new: State) -> None:
+        old = self.state
+        self._sm.force(new)
+        self._notify_state(old, new, event, ok=True)
+
+    def _notify_state(self, old: State, new: State, event: Event, *, ok: bool) -> None:
+        log.info("state_changed", cause=event.value, old=old.value, new=new.value, ok=ok)
+        self._observe("luo_state_changed", kernel=self, old=old, new=new, event=event)
+
+    def _observe(self, hook_name: str, **kwargs: Any) -> None:
+        try:
+            getattr(self.registry.hook, hook_name)(**kwargs)
+        except Exception as exc:
+            log.error("observer_failed", hook=hook_name, error=f"{type(exc).__name__}: {exc}")
+
+
+def _prepare_subsystem(sub: Subsystem, data: dict[Key, bytes]) -> None:
+    data[subsystem_key(sub)] = checked_bytes(sub.ops.prepare(), f"{sub.name}.prepare")
+
+
+def _shutdown(dev: Device) -> None:
+    assert dev.driver is not None
+    dev.driver.ops.shutdown(dev)
+
+
+def _driver(dev: Device) -> str:
+    return dev.driver.name if dev.driver is not None else ""
+
+
+def _index(dev: Device) -> int:
+    return dev.index
+
+
+def _write_meta(number: int, stats: UpdateStats) -> HandoffRecord:
+    assert stats.freeze_start_ns is not None
+    phases = [p.to_wire() for p in stats.phases.values()]
+    body = {"liveupdate-number": number, "freeze-start": stats.freeze_start_ns, "phases": phases}
+    return HandoffRecord(META[0], META[1], META_COMPATIBLE, cbor2.dumps(body, canonical=True))
+
+
+def _read_meta(record: HandoffRecord | None) -> dict[str, Any]:
+    if record is None or record.compatible != META_COMPATIBLE:
+        raise HandoffError("handoff has no luo-meta-v1 record")
+    try:
+        meta = cbor2.loads(record.data)
+        if not (
+            isinstance(meta, dict)
+            and isinstance(meta.get("liveupdate-number"), int)
+            and isinstance(meta.get("freeze-start"), int)
+            and isinstance(meta.get("phases"), list)
+        ):
+            raise ValueError("missing fields")
+        phases = [PhaseStats.from_wire(wire) for wire in meta["phases"]]
+        if not phases or phases[-1].phase != "kexec":
+            raise ValueError("phases do not end with kexec")
+    except Exception as exc:
+        raise HandoffError(f"handoff meta record is malformed: {exc}") from None
+    return meta

@@ -1,0 +1,152 @@
+"""Runs one phase over participants: order, concurrency, timing, logging.
+
+A phase either stops at the first failure (prepare, freeze, restore of a
+subtree) or must go through everything (cancel, finish).  Devices run in
+dependency order from a graph; with ``workers > 1`` independent subtrees run
+concurrently, like the kernel's async suspend, and the results are the same
+as in serial mode: who succeeded, who failed, who never ran.
+"""
+
+from __future__ import annotations
+
+import graphlib
+import threading
+from collections.abc import Callable, Hashable, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Generic, TypeVar
+
+import attrs
+import structlog
+
+from luo_core._stats import CallbackStat, PhaseStats, now_ns
+
+log = structlog.get_logger("luo")
+K = TypeVar("K", bound=Hashable)
+T = TypeVar("T")
+
+
+@attrs.define
+class GraphOutcome(Generic[K]):
+    """Which nodes succeeded (completion order), failed, or never ran."""
+
+    succeeded: list[K] = attrs.field(factory=list)
+    failed: list[tuple[K, Exception]] = attrs.field(factory=list)
+    skipped: list[K] = attrs.field(factory=list)
+
+
+class PhaseRunner:
+    """Times and logs every callback of one phase into its :class:`PhaseStats`."""
+
+    def __init__(self, phase: str, workers: int = 1) -> None:
+        self.phase = phase
+        self.workers = max(1, workers)
+        self.stats = PhaseStats(phase=phase, start_ns=now_ns())
+
+    def call(self, participant: str, fn: Callable[[], T]) -> T:
+        """Run one callback; record its time and outcome; re-raise its error."""
+        start = now_ns()
+        try:
+            result = fn()
+        except Exception as exc:
+            duration = now_ns() - start
+            self.stats.add(
+                CallbackStat(
+                    participant, self.phase, start, duration, False, threading.get_native_id()
+                )
+            )
+            log.warning(
+                "callback",
+                phase=self.phase,
+                participant=participant,
+                duration_us=duration / 1000,
+                outcome="error",
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            raise
+        duration = now_ns() - start
+        self.stats.add(
+            CallbackStat(participant, self.phase, start, duration, True, threading.get_native_id())
+        )
+        log.debug(
+            "callback",
+            phase=self.phase,
+            participant=participant,
+            duration_us=duration / 1000,
+            outcome="ok",
+        )
+        return result
+
+    def call_quietly(self, participant: str, fn: Callable[[], object]) -> bool:
+        """For callbacks that must not fail (cancel, finish): log and go on."""
+        try:
+            self.call(participant, fn)
+        except Exception as exc:
+            log.error(
+                "callback_must_not_fail",
+                phase=self.phase,
+                participant=participant,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            return False
+        return True
+
+    def run_graph(
+        self,
+        graph: Mapping[K, set[K]],
+        fn: Callable[[K], object],
+        order_key: Callable[[K], int],
+        *,
+        stop_on_error: bool,
+    ) -> GraphOutcome[K]:
+        """Run ``fn`` on every node after the nodes it depends on.
+
+        A failed node's dependents never run (they are ``skipped``).  With
+        ``stop_on_error`` nothing new starts after the first failure; work in
+        flight finishes.
+        """
+        sorter = graphlib.TopologicalSorter(graph)
+        sorter.prepare()
+        outcome: GraphOutcome[K] = GraphOutcome()
+        ran: set[K] = set()
+
+        def settle(node: K, error: Exception | None) -> None:
+            ran.add(node)
+            if error is None:
+                outcome.succeeded.append(node)
+                sorter.done(node)
+            else:
+                outcome.failed.append((node, error))
+
+        if self.workers == 1:
+            ready = sorted(sorter.get_ready(), key=order_key)
+            while ready and not (stop_on_error and outcome.failed):
+                node = ready.pop(0)
+                settle(node, _attempt(fn, node))
+                ready = sorted([*ready, *sorter.get_ready()], key=order_key)
+        else:
+            with ThreadPoolExecutor(self.workers, thread_name_prefix="luo-phase") as pool:
+                pending: dict[Future[Exception | None], K] = {}
+                while True:
+                    if not (stop_on_error and outcome.failed):
+                        for node in sorted(sorter.get_ready(), key=order_key):
+                            pending[pool.submit(_attempt, fn, node)] = node
+                    if not pending:
+                        break
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in sorted(done, key=lambda f: order_key(pending[f])):
+                        settle(pending.pop(future), future.result())
+        outcome.skipped = sorted((n for n in graph if n not in ran), key=order_key)
+        return outcome
+
+    def close(self, ok: bool = True) -> PhaseStats:
+        self.stats.end_ns = now_ns()
+        self.stats.ok = ok
+        return self.stats
+
+
+def _attempt(fn: Callable[[K], object], node: K) -> Exception | None:
+    try:
+        fn(node)
+    except Exception as exc:
+        return exc
+    return None

@@ -1,0 +1,179 @@
+"""Registration records plugins yield, and the callback tables they carry.
+
+A record is a small frozen value (the conda pattern): it names a participant
+and holds its callback table, the way a kernel subsystem hands LUO a
+``struct liveupdate_subsystem`` with an ``ops`` pointer.  The registry stamps
+each record with the distribution that provided it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+import attrs
+
+if TYPE_CHECKING:
+    from luo_core.devices import Device
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9,._+-]{0,62}$")
+
+
+def _check_name(_instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise ValueError(
+            f"{attribute.name} {value!r} must be 1-63 chars of [a-z0-9,._+-], "
+            "starting with a letter or digit"
+        )
+
+
+def _check_compatibles(
+    _instance: object, _attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]
+) -> None:
+    if not value:
+        raise ValueError("compatible must list at least one string")
+    for item in value:
+        _check_name(_instance, attrs.fields(DeviceDriver).compatible, item)
+
+
+@attrs.frozen
+class PluginOrigin:
+    """The distribution a record came from."""
+
+    distribution: str
+    version: str
+
+    def __str__(self) -> str:
+        return f"{self.distribution} {self.version}"
+
+
+class SubsystemOps:
+    """Callbacks of a subsystem participant (``liveupdate_subsystem_ops``).
+
+    Override what you need; the defaults preserve nothing.  The bytes you
+    return are the only thing that reaches the next kernel.
+
+    * ``prepare()`` runs while VMs still run: do the heavy serialisation here
+      and return the preserved data.
+    * ``freeze(data)`` runs on the kexec path (blackout): stay light; return
+      the final data (usually ``data`` itself, or a small update of it).
+    * ``cancel(data)`` undoes prepare/freeze; it must not fail.
+    * ``boot(data)`` runs in the next kernel, with what the old one handed over.
+    * ``finish(data)`` runs in the next kernel when the update is complete; it
+      must not fail.  ``data`` is ``None`` when nothing was handed over.
+    """
+
+    def prepare(self) -> bytes:
+        return b""
+
+    def freeze(self, data: bytes) -> bytes:
+        return data
+
+    def cancel(self, data: bytes) -> None:
+        return None
+
+    def boot(self, data: bytes) -> None:
+        return None
+
+    def finish(self, data: bytes | None) -> None:
+        return None
+
+
+class DeviceDriverOps:
+    """Callbacks of a device driver: binding plus ``dev_liveupdate`` callbacks.
+
+    * ``probe(dev)`` binds a device on a cold boot (or one that was not
+      preserved); ``shutdown(dev)`` runs at kexec for devices not preserved.
+    * ``can_preserve(dev)`` says whether this device can be requested.
+    * ``prepare(dev) -> bytes``: heavy serialisation while the device runs.
+    * ``freeze(dev, data) -> bytes``: quiesce the driver (not the device: DMA
+      goes on); light, on the blackout path.
+    * ``cancel(dev, data)``: undo prepare/freeze exactly; must not fail.
+    * ``restore(dev, data)``: the next kernel reclaims the running device from
+      ``data`` instead of probing it; light, on the blackout path.
+    * ``finish(dev, data)``: heavy cleanup after the update; must not fail.
+    """
+
+    def probe(self, dev: Device) -> None:
+        return None
+
+    def shutdown(self, dev: Device) -> None:
+        return None
+
+    def can_preserve(self, dev: Device) -> bool:
+        return True
+
+    def prepare(self, dev: Device) -> bytes:
+        return b""
+
+    def freeze(self, dev: Device, data: bytes) -> bytes:
+        return data
+
+    def cancel(self, dev: Device, data: bytes) -> None:
+        return None
+
+    def restore(self, dev: Device, data: bytes) -> None:
+        return None
+
+    def finish(self, dev: Device, data: bytes | None) -> None:
+        return None
+
+
+class BusOps:
+    """Bus-level ``dev_liveupdate`` callbacks, run around the driver's.
+
+    ``freeze`` runs after the driver's freeze, ``restore`` before the driver's
+    restore, ``cancel`` before the driver's cancel (a bus keeps, say, bus
+    mastering on for a preserved device).
+    """
+
+    def freeze(self, dev: Device) -> None:
+        return None
+
+    def cancel(self, dev: Device) -> None:
+        return None
+
+    def restore(self, dev: Device) -> None:
+        return None
+
+    def finish(self, dev: Device) -> None:
+        return None
+
+
+@attrs.frozen
+class Subsystem:
+    """A subsystem participant: one name, one callback table, one handoff record."""
+
+    name: str = attrs.field(validator=_check_name)
+    ops: SubsystemOps = attrs.field(validator=attrs.validators.instance_of(SubsystemOps))
+    origin: PluginOrigin | None = attrs.field(default=None, eq=False)
+
+
+@attrs.frozen
+class DeviceDriver:
+    """A device driver, bound to devices whose ``compatible`` is in its table.
+
+    ``liveupdate=False`` declares a driver without live-update callbacks: its
+    devices (and their descendants) cannot be requested.
+    """
+
+    name: str = attrs.field(validator=_check_name)
+    compatible: tuple[str, ...] = attrs.field(converter=tuple, validator=_check_compatibles)
+    ops: DeviceDriverOps = attrs.field(validator=attrs.validators.instance_of(DeviceDriverOps))
+    liveupdate: bool = True
+    origin: PluginOrigin | None = attrs.field(default=None, eq=False)
+
+
+@attrs.frozen
+class Bus:
+    """A bus type.  ``liveupdate=False`` means its devices cannot be preserved."""
+
+    name: str = attrs.field(validator=_check_name)
+    ops: BusOps = attrs.field(
+        factory=BusOps, validator=attrs.validators.instance_of(BusOps)
+    )
+    liveupdate: bool = True
+    origin: PluginOrigin | None = attrs.field(default=None, eq=False)
+
+
+Record = Subsystem | DeviceDriver | Bus

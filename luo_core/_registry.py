@@ -1,0 +1,204 @@
+"""Plugin discovery and registration: entry points, validation, conflicts.
+
+Packs are found in the entry-point group ``luo_core.plugins``.  A pack that
+fails to import, misspells a hook or yields a malformed record is reported
+once (``plugin_failed``) and skipped; the rest still load.  Two packs that
+claim the same name or compatible are a :class:`PluginConflictError` naming
+both distributions.  ``LUO_DISABLE_PLUGINS=dist1,dist2`` blocks packs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable, Sequence
+from importlib import metadata
+from typing import Any, Literal, TypeVar
+
+import attrs
+import pluggy
+import structlog
+
+from luo_core._errors import PluginConflictError, PluginError
+from luo_core._hookspecs import PROJECT, LuoSpec
+from luo_core._records import Bus, DeviceDriver, PluginOrigin, Record, Subsystem
+
+ENTRY_POINT_GROUP = "luo_core.plugins"
+DISABLE_ENV = "LUO_DISABLE_PLUGINS"
+CORE_DISTRIBUTION = "luo-core"
+
+log = structlog.get_logger("luo.registry")
+R = TypeVar("R", Subsystem, DeviceDriver, Bus)
+
+
+def normalize(name: str) -> str:
+    """PEP 503 normalisation, so ``Luo_Example`` and ``luo-example`` match."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def core_origin() -> PluginOrigin:
+    try:
+        version = metadata.version(CORE_DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        version = "0+unknown"
+    return PluginOrigin(CORE_DISTRIBUTION, version)
+
+
+@attrs.frozen
+class PackInfo:
+    """What happened to one plugin: loaded, disabled, or failed (with why)."""
+
+    origin: PluginOrigin
+    status: Literal["loaded", "disabled", "failed"]
+    error: str | None = None
+    records: tuple[Record, ...] = ()
+
+
+def disabled_distributions() -> frozenset[str]:
+    raw = os.environ.get(DISABLE_ENV, "")
+    return frozenset(normalize(n) for n in raw.split(",") if n.strip())
+
+
+class PluginRegistry:
+    """The packs of one kernel, their hooks, and the records they registered."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager(PROJECT)
+        self.pm.add_hookspecs(LuoSpec)
+        self.packs: list[PackInfo] = []
+        self.subsystems: dict[str, Subsystem] = {}
+        self.drivers: dict[str, DeviceDriver] = {}
+        """Drivers by compatible string."""
+        self.buses: dict[str, Bus] = {}
+        self._origins: dict[str, PluginOrigin] = {}
+
+    @property
+    def hook(self) -> Any:
+        return self.pm.hook
+
+    # -- loading ---------------------------------------------------------
+
+    def add(self, plugin: object, origin: PluginOrigin) -> None:
+        """Register one plugin object (a module or instance) for ``origin``."""
+        name = f"{origin.distribution}:{len(self._origins)}"
+        try:
+            self.pm.register(plugin, name=name)
+        except (ValueError, pluggy.PluginValidationError) as exc:
+            self._fail(origin, f"invalid hook implementation: {exc}")
+            return
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            self.pm.unregister(name=name)
+            self._fail(origin, f"unknown hook (misspelt?): {exc}")
+            return
+        self._origins[name] = origin
+
+    def discover(self) -> None:
+        """Load every pack in the ``luo_core.plugins`` entry-point group."""
+        disabled = disabled_distributions()
+        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=_ep_key):
+            dist = ep.dist
+            origin = PluginOrigin(
+                dist.name if dist else ep.name, dist.version if dist else "0+unknown"
+            )
+            if normalize(origin.distribution) in disabled:
+                self.packs.append(PackInfo(origin, "disabled"))
+                log.info("plugin_disabled", distribution=origin.distribution, env=DISABLE_ENV)
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                self._fail(origin, f"import of {ep.value} failed: {type(exc).__name__}: {exc}")
+                continue
+            self.add(plugin, origin)
+
+    def _fail(self, origin: PluginOrigin, error: str) -> None:
+        self.packs.append(PackInfo(origin, "failed", error))
+        log.error("plugin_failed", distribution=origin.distribution, error=error)
+
+    # -- collecting records ----------------------------------------------
+
+    def collect(self) -> None:
+        """Call the registration hooks and index their records (conflicts raise)."""
+        by_plugin: dict[str, list[Record]] = {name: [] for name in self._origins}
+        failed: set[str] = set()
+        for hook_name, kind in (
+            ("luo_buses", Bus),
+            ("luo_device_drivers", DeviceDriver),
+            ("luo_subsystems", Subsystem),
+        ):
+            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+                origin = self._origins[impl.plugin_name]
+                try:
+                    records = list(_records_of(impl.function, kind, hook_name))
+                except Exception as exc:
+                    failed.add(impl.plugin_name)
+                    self._fail(origin, f"{hook_name}: {type(exc).__name__}: {exc}")
+                    continue
+                by_plugin[impl.plugin_name].extend(
+                    attrs.evolve(record, origin=origin) for record in records
+                )
+        for name, records in by_plugin.items():
+            if name in failed:
+                self.pm.unregister(name=name)
+                continue
+            self.packs.append(PackInfo(self._origins[name], "loaded", records=tuple(records)))
+            for record in records:
+                self._index(record)
+
+    def _index(self, record: Record) -> None:
+        if isinstance(record, Subsystem):
+            _claim(self.subsystems, record.name, record, "subsystem")
+        elif isinstance(record, Bus):
+            _claim(self.buses, record.name, record, "bus")
+        else:
+            names = {d.name: d for d in self.drivers.values()}
+            if record.name in names and names[record.name].origin != record.origin:
+                _conflict("driver name", record.name, names[record.name], record)
+            for compatible in record.compatible:
+                _claim(self.drivers, compatible, record, "compatible")
+
+
+def _ep_key(ep: metadata.EntryPoint) -> tuple[str, str]:
+    return (ep.dist.name if ep.dist else "", ep.name)
+
+
+def _records_of(function: Callable[[], Any], kind: type[R], hook_name: str) -> Iterable[R]:
+    result = function()
+    if result is None:
+        return
+    for record in result:
+        if not isinstance(record, kind):
+            raise PluginError(f"{hook_name} yielded {record!r}, expected a {kind.__name__}")
+        yield record
+
+
+def _claim(table: dict[str, R], key: str, record: R, what: str) -> None:
+    if key in table:
+        _conflict(what, key, table[key], record)
+    table[key] = record
+
+
+def _conflict(what: str, key: str, first: Record, second: Record) -> None:
+    raise PluginConflictError(
+        f"{what} {key!r} is claimed by both {first.origin} and {second.origin}"
+    )
+
+
+def load_plugins(
+    plugins: Sequence[object] = (), *, discover: bool = True, builtin: object | None = None
+) -> PluginRegistry:
+    """Build a registry: luo's own plugin, installed packs, then ``plugins``.
+
+    Objects in ``plugins`` are registered as the distribution ``local``.
+    """
+    registry = PluginRegistry()
+    if builtin is not None:
+        registry.add(builtin, core_origin())
+    if discover:
+        registry.discover()
+    for plugin in plugins:
+        registry.add(plugin, PluginOrigin("local", "0"))
+    registry.collect()
+    return registry

@@ -1,0 +1,155 @@
+"""Per-update statistics: per-phase and per-participant durations, blackout, traces."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import attrs
+
+now_ns = time.monotonic_ns
+"""The clock every kernel on a machine shares (it spans kexec, like CLOCK_MONOTONIC)."""
+
+
+@attrs.frozen
+class CallbackStat:
+    """One callback: who, which phase, when (monotonic ns), how long, outcome."""
+
+    participant: str
+    phase: str
+    start_ns: int
+    duration_ns: int
+    ok: bool
+    thread: int = 0
+
+    @property
+    def duration_us(self) -> float:
+        return self.duration_ns / 1000
+
+
+@attrs.define
+class PhaseStats:
+    """One phase of an update (prepare, freeze, kexec, restore, finish, cancel)."""
+
+    phase: str
+    start_ns: int
+    end_ns: int = 0
+    ok: bool = True
+    callbacks: list[CallbackStat] = attrs.field(factory=list)
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, repr=False, eq=False)
+
+    @property
+    def duration_us(self) -> float:
+        return (self.end_ns - self.start_ns) / 1000
+
+    @property
+    def participants_us(self) -> dict[str, float]:
+        """Time spent in each participant's callbacks, in microseconds."""
+        out: dict[str, float] = {}
+        for cb in self.callbacks:
+            out[cb.participant] = out.get(cb.participant, 0.0) + cb.duration_us
+        return out
+
+    @property
+    def callbacks_us(self) -> float:
+        """Time spent inside participants' callbacks, summed."""
+        return sum(cb.duration_ns for cb in self.callbacks) / 1000
+
+    def add(self, stat: CallbackStat) -> None:
+        with self._lock:
+            self.callbacks.append(stat)
+
+    def to_wire(self) -> list[Any]:
+        """A plain list for the handoff: stats cross kexec as data, like all else."""
+        return [
+            self.phase,
+            self.start_ns,
+            self.end_ns,
+            self.ok,
+            [[c.participant, c.start_ns, c.duration_ns, c.ok, c.thread] for c in self.callbacks],
+        ]
+
+    @classmethod
+    def from_wire(cls, wire: list[Any]) -> PhaseStats:
+        phase, start, end, ok, callbacks = wire
+        stats = cls(phase=phase, start_ns=start, end_ns=end, ok=ok)
+        stats.callbacks = [CallbackStat(c[0], phase, c[1], c[2], c[3], c[4]) for c in callbacks]
+        return stats
+
+
+@attrs.define
+class UpdateStats:
+    """Everything measured about one live update, across both kernels.
+
+    ``phases`` keeps the order phases ran in.  ``blackout_us`` runs from the
+    start of freeze (old kernel) to the end of restore (new kernel).
+    """
+
+    phases: dict[str, PhaseStats] = attrs.field(factory=dict)
+    freeze_start_ns: int | None = None
+    restore_end_ns: int | None = None
+
+    @property
+    def blackout_us(self) -> float | None:
+        if self.freeze_start_ns is None or self.restore_end_ns is None:
+            return None
+        return (self.restore_end_ns - self.freeze_start_ns) / 1000
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready: per phase duration and per participant durations (µs)."""
+        return {
+            "blackout_us": self.blackout_us,
+            "phases": {
+                name: {
+                    "ok": p.ok,
+                    "duration_us": p.duration_us,
+                    "callbacks_us": p.callbacks_us,
+                    "participants_us": p.participants_us,
+                }
+                for name, p in self.phases.items()
+            },
+        }
+
+    def chrome_trace(self) -> dict[str, Any]:
+        """A Chrome/Perfetto trace (JSON object format) of phases and callbacks."""
+        origin = min((p.start_ns for p in self.phases.values()), default=0)
+        events: list[dict[str, Any]] = []
+        for p in self.phases.values():
+            events.append(
+                {
+                    "name": p.phase,
+                    "cat": "phase",
+                    "ph": "X",
+                    "ts": (p.start_ns - origin) / 1000,
+                    "dur": p.duration_us,
+                    "pid": 1,
+                    "tid": 0,
+                }
+            )
+            events.extend(
+                {
+                    "name": f"{p.phase} {cb.participant}",
+                    "cat": "callback" if cb.ok else "callback,error",
+                    "ph": "X",
+                    "ts": (cb.start_ns - origin) / 1000,
+                    "dur": cb.duration_us,
+                    "pid": 1,
+                    "tid": cb.thread,
+                    "args": {"participant": cb.participant, "ok": cb.ok},
+                }
+                for cb in p.callbacks
+            )
+        if self.freeze_start_ns is not None and self.restore_end_ns is not None:
+            events.append(
+                {
+                    "name": "blackout",
+                    "cat": "blackout",
+                    "ph": "X",
+                    "ts": (self.freeze_start_ns - origin) / 1000,
+                    "dur": self.blackout_us,
+                    "pid": 1,
+                    "tid": -1,
+                }
+            )
+        return {"traceEvents": events, "displayTimeUnit": "ms"}

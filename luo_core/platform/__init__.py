@@ -1,0 +1,15 @@
+"""The emulated machine (hardware side); it never imports the kernel side."""
+
+from luo_core.platform._hosts import EXAMPLE_NIC, HOST_BRIDGE, PCI_BRIDGE, default_host, flat_host
+from luo_core.platform._machine import HardwareDevice, Machine, MachineError
+
+__all__ = [
+    "EXAMPLE_NIC",
+    "HOST_BRIDGE",
+    "PCI_BRIDGE",
+    "HardwareDevice",
+    "Machine",
+    "MachineError",
+    "default_host",
+    "flat_host",
+]

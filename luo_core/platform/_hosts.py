@@ -1,0 +1,45 @@
+"""Ready-made machines: the demo host and a flat host of many devices."""
+
+from __future__ import annotations
+
+from luo_core.platform._machine import Machine
+
+EXAMPLE_NIC = "luo,example-nic"
+HOST_BRIDGE = "pci-host-bridge"
+PCI_BRIDGE = "pci-bridge"
+
+
+def default_host() -> Machine:
+    """A small host: a PCI root with two bridges, three NICs, one legacy device.
+
+    The ISA bridge has no live-update-capable driver, so it can never be
+    preserved; two NICs sit behind one bridge, one behind the other.
+    """
+    machine = Machine()
+    machine.add("pci0000:00", compatible=HOST_BRIDGE)
+    machine.add_pci("0000:00:01.0", compatible=PCI_BRIDGE, parent="pci0000:00")
+    machine.add_pci("0000:00:02.0", compatible=PCI_BRIDGE, parent="pci0000:00")
+    machine.add_pci("0000:00:1f.0", compatible="pci8086,7000", parent="pci0000:00")
+    machine.add_pci("0000:01:00.0", compatible=EXAMPLE_NIC, parent="0000:00:01.0")
+    machine.add_pci("0000:01:00.1", compatible=EXAMPLE_NIC, parent="0000:00:01.0")
+    machine.add_pci("0000:02:00.0", compatible=EXAMPLE_NIC, parent="0000:00:02.0")
+    return machine
+
+
+def flat_host(count: int, compatible: str = EXAMPLE_NIC) -> Machine:
+    """``count`` endpoints behind bridges of 256 functions each (benchmarks)."""
+    machine = Machine()
+    machine.add("pci0000:00", compatible=HOST_BRIDGE)
+    bridges = (count + 255) // 256
+    if not 0 < count <= 31 * 256:
+        raise ValueError(f"flat_host holds 1 to {31 * 256} devices, not {count}")
+    for b in range(bridges):
+        machine.add_pci(f"0000:00:{b + 1:02x}.0", compatible=PCI_BRIDGE, parent="pci0000:00")
+    for i in range(count):
+        bridge, function = divmod(i, 256)
+        machine.add_pci(
+            f"0000:{bridge + 1:02x}:{function >> 3:02x}.{function & 7}",
+            compatible=compatible,
+            parent=f"0000:00:{bridge + 1:02x}.0",
+        )
+    return machine
