@@ -10,6 +10,7 @@ as in serial mode: who succeeded, who failed, who never ran.
 from __future__ import annotations
 
 import graphlib
+import heapq
 import threading
 from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -118,11 +119,13 @@ class PhaseRunner:
                 outcome.failed.append((node, error))
 
         if self.workers == 1:
-            ready = sorted(sorter.get_ready(), key=order_key)
+            ready = [(order_key(n), n) for n in sorter.get_ready()]
+            heapq.heapify(ready)
             while ready and not (stop_on_error and outcome.failed):
-                node = ready.pop(0)
+                _, node = heapq.heappop(ready)
                 settle(node, _attempt(fn, node))
-                ready = sorted([*ready, *sorter.get_ready()], key=order_key)
+                for n in sorter.get_ready():
+                    heapq.heappush(ready, (order_key(n), n))
         else:
             with ThreadPoolExecutor(self.workers, thread_name_prefix="luo-phase") as pool:
                 pending: dict[Future[Exception | None], K] = {}

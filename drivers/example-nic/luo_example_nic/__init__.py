@@ -1,0 +1,22 @@
+"""luo-example-nic: an example pack with a NIC driver and a subsystem.
+
+Install it and ``luo drivers`` lists it; ``luo demo`` preserves its NICs.
+"""
+
+from collections.abc import Iterator
+
+from luo_core import DeviceDriver, Subsystem, hookimpl
+from luo_example_nic._fdb import SUBSYSTEM, FdbOps
+from luo_example_nic._nic import COMPATIBLE, DRIVER, NicOps, NicState, transmit
+
+__all__ = ["COMPATIBLE", "DRIVER", "SUBSYSTEM", "FdbOps", "NicState", "transmit"]
+
+
+@hookimpl
+def luo_device_drivers() -> Iterator[DeviceDriver]:
+    yield DeviceDriver(name=DRIVER, compatible=[COMPATIBLE], ops=NicOps())
+
+
+@hookimpl
+def luo_subsystems() -> Iterator[Subsystem]:
+    yield Subsystem(name=SUBSYSTEM, ops=FdbOps())

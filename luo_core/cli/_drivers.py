@@ -1,0 +1,58 @@
+"""``luo drivers``: installed packs, their versions, and what they handle."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from luo_core._records import Bus, DeviceDriver, Record
+from luo_core._registry import PluginRegistry, load_plugins
+from luo_core.devices import _builtin
+
+
+def add_parser(verbs: Any) -> None:
+    parser = verbs.add_parser("drivers", help="list installed packs and what they handle")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(run=run)
+
+
+def describe(record: Record) -> dict[str, Any]:
+    if isinstance(record, DeviceDriver):
+        return {
+            "kind": "driver",
+            "name": record.name,
+            "compatible": list(record.compatible),
+            "liveupdate": record.liveupdate,
+        }
+    if isinstance(record, Bus):
+        return {"kind": "bus", "name": record.name, "liveupdate": record.liveupdate}
+    return {"kind": "subsystem", "name": record.name}
+
+
+def inventory(registry: PluginRegistry) -> list[dict[str, Any]]:
+    return [
+        {
+            "distribution": pack.origin.distribution,
+            "version": pack.origin.version,
+            "status": pack.status,
+            "error": pack.error,
+            "provides": [describe(r) for r in pack.records],
+        }
+        for pack in registry.packs
+    ]
+
+
+def run(args: argparse.Namespace) -> int:
+    packs = inventory(load_plugins(builtin=_builtin))
+    if args.json:
+        print(json.dumps(packs, indent=2))
+    else:
+        for pack in packs:
+            status = pack["status"] if pack["error"] is None else f"failed: {pack['error']}"
+            print(f"{pack['distribution']} {pack['version']}  {status}")
+            for item in pack["provides"]:
+                handles = ", ".join(item.get("compatible", []))
+                extra = "" if item.get("liveupdate", True) else "  (no live update)"
+                print(f"  {item['kind']:<10} {item['name']:<20} {handles}{extra}".rstrip())
+    return 1 if any(p["status"] == "failed" for p in packs) else 0

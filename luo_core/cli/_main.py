@@ -1,0 +1,63 @@
+"""``luo``: argument parsing, logging set-up, and one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import structlog
+
+from luo_core._errors import LiveUpdateError
+from luo_core.cli import _bench, _demo, _drivers
+from luo_core.platform import MachineError
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def configure_logging(verbosity: int) -> None:
+    """The CLI, not the library, decides where log events go: stderr."""
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="%H:%M:%S.%f"),
+            structlog.dev.ConsoleRenderer(colors=False),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="luo", description="Emulate Linux live update (LUO) on an emulated host."
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log events to stderr (-vv: all)"
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for module in (_demo, _drivers, _bench):
+        module.add_parser(verbs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
+    try:
+        code: int = args.run(args)
+    except (LiveUpdateError, MachineError, OSError) as exc:
+        if args.debug:
+            raise
+        print(f"luo {args.verb}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
