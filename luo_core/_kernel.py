@@ -8,7 +8,7 @@ from the handoff bytes alone.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -39,14 +39,17 @@ from luo_core._records import Subsystem
 from luo_core._registry import PluginRegistry, load_plugins
 from luo_core._state import REGISTRATION_STATES, Event, State, StateMachine
 from luo_core._stats import PhaseStats, UpdateStats, now_ns
-from luo_core.devices import Device, DeviceTree, freeze_graph, restore_graph
-from luo_core.devices import _builtin
+from luo_core.devices import Device, DeviceTree, _builtin, freeze_graph, restore_graph
 from luo_core.platform import Machine
 from luo_core.serialization import HandoffRecord, decode_handoff, encode_handoff
 
 log = structlog.get_logger(PROJECT)
 META: Key = ("luo", "luo")
 META_COMPATIBLE = "luo-meta-v1"
+
+
+def _as_tuple(plugins: Iterable[object]) -> tuple[object, ...]:
+    return tuple(plugins)
 
 
 @attrs.frozen
@@ -58,7 +61,7 @@ class KernelConfig:
     concurrently in freeze and restore.
     """
 
-    plugins: tuple[object, ...] = attrs.field(default=(), converter=tuple)
+    plugins: tuple[object, ...] = attrs.field(default=(), converter=_as_tuple)
     discover: bool = True
     workers: int = 1
 
@@ -71,6 +74,8 @@ class Kernel:
         meta = _read_meta(incoming.pop(META, None)) if handoff is not None else None
         self.machine = machine
         self.config = config
+        self.handoff = handoff
+        """The handoff bytes this kernel booted from (``None`` on a cold boot)."""
         self.registry: PluginRegistry = load_plugins(
             config.plugins, discover=config.discover, builtin=_builtin
         )
@@ -130,9 +135,7 @@ class Kernel:
             data = self.handed_over(SUBSYSTEM, subsystem.name)
             if data is not None:
                 runner = PhaseRunner("restore")
-                runner.call_quietly(
-                    label(subsystem_key(subsystem)), lambda: subsystem.ops.boot(data)
-                )
+                runner.call_quietly(label(subsystem_key(subsystem)), subsystem.ops.boot, data)
 
     def unregister_subsystem(self, name: str, timeout: float | None = None) -> None:
         """Remove a participant; ``ENOENT`` if unknown, ``EBUSY`` mid-update."""
@@ -193,15 +196,13 @@ class Kernel:
             reclaimed = [d for d in handed if d.reclaimed]
             runner.run_graph(
                 restore_graph(reclaimed),
-                lambda d: runner.call_quietly(label(device_key(d)), lambda: self._steps.finish(d)),
+                lambda d: runner.call_quietly(label(device_key(d)), self._steps.finish, d),
                 _index,
                 stop_on_error=False,
             )
             for sub in self._subsystems.values():
                 data = self._data.get(subsystem_key(sub))
-                runner.call_quietly(
-                    label(subsystem_key(sub)), lambda s=sub, d=data: s.ops.finish(d)
-                )
+                runner.call_quietly(label(subsystem_key(sub)), sub.ops.finish, data)
             for dev in handed:
                 dev._preserved = dev._reclaimed = False
             self._data.clear()
@@ -221,8 +222,7 @@ class Kernel:
         with self._sm.hold("kexec"):
             if self.state is not State.FROZEN:
                 raise InvalidTransitionError(
-                    f"kexec: no live update in progress (state {self.state.value}); "
-                    "prepare first"
+                    f"kexec: no live update in progress (state {self.state.value}); prepare first"
                 )
             assert self.stats is not None
             runner = self._start("kexec")
@@ -230,12 +230,12 @@ class Kernel:
             for dev in reversed(self.devices.devices()):
                 if dev.name not in kept:
                     if dev.driver is not None:
-                        runner.call_quietly(
-                            label(device_key(dev)), lambda d=dev: _shutdown(d)
-                        )
+                        runner.call_quietly(label(device_key(dev)), _shutdown, dev)
                     dev.hw.reset()
             records = [
-                HandoffRecord(kind, name, self._compatibles[(kind, name)], self._data[(kind, name)])
+                HandoffRecord(
+                    kind, name, self._compatibles[(kind, name)], self._data[(kind, name)]
+                )
                 for kind, name in self._prepared
             ]
             self.stats.phases["kexec"] = runner.stats  # the next kernel closes it
@@ -246,7 +246,12 @@ class Kernel:
 
     # -- the phases --------------------------------------------------------
 
-    def _run_event(self, event: Event, device_step: Any, subsystem_step: Any) -> None:
+    def _run_event(
+        self,
+        event: Event,
+        device_step: Callable[[Device], None],
+        subsystem_step: Callable[[Subsystem, dict[Key, bytes]], None],
+    ) -> None:
         """Run prepare or freeze: devices deepest first, then subsystems in
         registration order; on the first failure roll back and raise."""
         phase = event.value
@@ -254,7 +259,7 @@ class Kernel:
         devices = [self.devices[name] for kind, name in self._participants() if kind == DEVICE]
         outcome = runner.run_graph(
             freeze_graph(devices),
-            lambda d: runner.call(label(device_key(d)), lambda: device_step(d)),
+            lambda d: runner.call(label(device_key(d)), device_step, d),
             lambda d: -d.index,
             stop_on_error=True,
         )
@@ -267,7 +272,7 @@ class Kernel:
             for sub in self._subsystems.values():
                 key = subsystem_key(sub)
                 try:
-                    runner.call(label(key), lambda s=sub: subsystem_step(s, self._data))
+                    runner.call(label(key), subsystem_step, sub, self._data)
                 except Exception as exc:
                     failures.append((key, exc))
                     break
@@ -283,8 +288,8 @@ class Kernel:
             old = self.state
             self._sm.force(State.NORMAL)
             self._notify_state(old, State.NORMAL, event, ok=False)
-            key, exc = failures[0]
-            raise CallbackError(label(key), phase, exc) from exc
+            key, error = failures[0]
+            raise CallbackError(label(key), phase, error) from error
         self._finish_phase(runner, ok=True)
 
     def _participants(self) -> list[Key]:
@@ -297,11 +302,11 @@ class Kernel:
             kind, name = key
             if kind == DEVICE:
                 dev = self.devices[name]
-                runner.call_quietly(label(key), lambda d=dev: self._steps.cancel(d))
+                runner.call_quietly(label(key), self._steps.cancel, dev)
             else:
                 sub = self._subsystems[name]
                 data = self._data[key]
-                runner.call_quietly(label(key), lambda s=sub, d=data: s.ops.cancel(d))
+                runner.call_quietly(label(key), sub.ops.cancel, data)
         self._data.clear()
         self._prepared.clear()
         self._compatibles.clear()
@@ -326,9 +331,9 @@ class Kernel:
             self._data[record.key] = record.data
         runner = self._start("restore")
         for sub in self._subsystems.values():
-            record = incoming.get(subsystem_key(sub))
-            if record is not None:
-                runner.call_quietly(label(record.key), lambda s=sub, r=record: s.ops.boot(r.data))
+            found = incoming.get(subsystem_key(sub))
+            if found is not None:
+                runner.call_quietly(label(found.key), sub.ops.boot, found.data)
         handed: list[Device] = []
         for record in incoming.values():
             if record.kind != DEVICE:
@@ -343,7 +348,9 @@ class Kernel:
         def restore(dev: Device) -> None:
             runner.call(
                 label(device_key(dev)),
-                lambda: self._steps.restore(dev, incoming[device_key(dev)].compatible),
+                self._steps.restore,
+                dev,
+                incoming[device_key(dev)].compatible,
             )
             dev._reclaimed = True
 
@@ -354,7 +361,9 @@ class Kernel:
             log.error("restore_skipped", device=dev.name, reason="a dependency failed to restore")
         stats.restore_end_ns = now_ns()
         self._finish_phase(runner, ok=not outcome.failed)
-        log.info("blackout", blackout_us=stats.blackout_us, liveupdate_number=self.liveupdate_number)
+        log.info(
+            "blackout", blackout_us=stats.blackout_us, liveupdate_number=self.liveupdate_number
+        )
         self._probe([d for d in self.devices.devices() if not d.preserved])
 
     def _probe(self, devices: list[Device]) -> None:
@@ -371,7 +380,9 @@ class Kernel:
 
     def _alive(self) -> None:
         if self._gone:
-            raise KernelGoneError("this kernel was replaced by kexec; use the one kexec() returned")
+            raise KernelGoneError(
+                "this kernel was replaced by kexec; use the one kexec() returned"
+            )
 
     def _die(self) -> None:
         """Lose every Python object this kernel owned, as a real kexec would."""
@@ -389,9 +400,7 @@ class Kernel:
 
     def _guard(self, what: str) -> Any:
         self._alive()
-        return self._sm.hold(
-            what, allowed=frozenset({State.NORMAL}), error=InvalidTransitionError
-        )
+        return self._sm.hold(what, allowed=frozenset({State.NORMAL}), error=InvalidTransitionError)
 
     def _start(self, phase: str) -> PhaseRunner:
         runner = PhaseRunner(phase, self.config.workers)

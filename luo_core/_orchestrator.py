@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import graphlib
 import heapq
+import queue
 import threading
 from collections.abc import Callable, Hashable, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, TypeVar
 
 import attrs
@@ -42,12 +43,14 @@ class PhaseRunner:
         self.phase = phase
         self.workers = max(1, workers)
         self.stats = PhaseStats(phase=phase, start_ns=now_ns())
+        # Bind once per phase: an unbound structlog proxy re-binds on every call.
+        self.log = log.bind(phase=phase)
 
-    def call(self, participant: str, fn: Callable[[], T]) -> T:
-        """Run one callback; record its time and outcome; re-raise its error."""
+    def call(self, participant: str, fn: Callable[..., T], *args: object) -> T:
+        """Run ``fn(*args)``; record its time and outcome; re-raise its error."""
         start = now_ns()
         try:
-            result = fn()
+            result = fn(*args)
         except Exception as exc:
             duration = now_ns() - start
             self.stats.add(
@@ -55,9 +58,8 @@ class PhaseRunner:
                     participant, self.phase, start, duration, False, threading.get_native_id()
                 )
             )
-            log.warning(
+            self.log.warning(
                 "callback",
-                phase=self.phase,
                 participant=participant,
                 duration_us=duration / 1000,
                 outcome="error",
@@ -68,23 +70,21 @@ class PhaseRunner:
         self.stats.add(
             CallbackStat(participant, self.phase, start, duration, True, threading.get_native_id())
         )
-        log.debug(
+        self.log.debug(
             "callback",
-            phase=self.phase,
             participant=participant,
             duration_us=duration / 1000,
             outcome="ok",
         )
         return result
 
-    def call_quietly(self, participant: str, fn: Callable[[], object]) -> bool:
+    def call_quietly(self, participant: str, fn: Callable[..., object], *args: object) -> bool:
         """For callbacks that must not fail (cancel, finish): log and go on."""
         try:
-            self.call(participant, fn)
+            self.call(participant, fn, *args)
         except Exception as exc:
-            log.error(
+            self.log.error(
                 "callback_must_not_fail",
-                phase=self.phase,
                 participant=participant,
                 error=f"{type(exc).__name__}: {exc}",
             )
@@ -127,17 +127,23 @@ class PhaseRunner:
                 for n in sorter.get_ready():
                     heapq.heappush(ready, (order_key(n), n))
         else:
+            # Completions arrive on a queue: O(1) per device, however wide the tree.
+            finished: queue.SimpleQueue[tuple[K, Exception | None]] = queue.SimpleQueue()
+
+            def work(node: K) -> None:
+                finished.put((node, _attempt(fn, node)))
+
             with ThreadPoolExecutor(self.workers, thread_name_prefix="luo-phase") as pool:
-                pending: dict[Future[Exception | None], K] = {}
+                in_flight = 0
                 while True:
                     if not (stop_on_error and outcome.failed):
                         for node in sorted(sorter.get_ready(), key=order_key):
-                            pending[pool.submit(_attempt, fn, node)] = node
-                    if not pending:
+                            pool.submit(work, node)
+                            in_flight += 1
+                    if not in_flight:
                         break
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in sorted(done, key=lambda f: order_key(pending[f])):
-                        settle(pending.pop(future), future.result())
+                    settle(*finished.get())
+                    in_flight -= 1
         outcome.skipped = sorted((n for n in graph if n not in ran), key=order_key)
         return outcome
 

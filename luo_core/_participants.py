@@ -70,8 +70,7 @@ class DeviceSteps:
             raise DeviceError(f"no driver in this kernel for compatible {dev.compatible!r}")
         if dev.driver.name != compatible:
             raise DeviceError(
-                f"handed over by driver {compatible!r}, but this kernel binds "
-                f"{dev.driver.name!r}"
+                f"handed over by driver {compatible!r}, but this kernel binds {dev.driver.name!r}"
             )
         bus = self.buses.get(dev.bus)
         if bus is None:

@@ -9,6 +9,7 @@ each record with the distribution that provided it.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import attrs
@@ -27,13 +28,19 @@ def _check_name(_instance: object, attribute: attrs.Attribute[str], value: str) 
         )
 
 
-def _check_compatibles(
-    _instance: object, _attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]
-) -> None:
-    if not value:
+def _compatibles(value: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = (value,)
+    items = tuple(value)
+    if not items:
         raise ValueError("compatible must list at least one string")
-    for item in value:
-        _check_name(_instance, attrs.fields(DeviceDriver).compatible, item)
+    for item in items:
+        if not isinstance(item, str) or not _NAME.match(item):
+            raise ValueError(
+                f"compatible {item!r} must be 1-63 chars of [a-z0-9,._+-], "
+                "starting with a letter or digit"
+            )
+    return items
 
 
 @attrs.frozen
@@ -158,7 +165,7 @@ class DeviceDriver:
     """
 
     name: str = attrs.field(validator=_check_name)
-    compatible: tuple[str, ...] = attrs.field(converter=tuple, validator=_check_compatibles)
+    compatible: tuple[str, ...] = attrs.field(converter=_compatibles)
     ops: DeviceDriverOps = attrs.field(validator=attrs.validators.instance_of(DeviceDriverOps))
     liveupdate: bool = True
     origin: PluginOrigin | None = attrs.field(default=None, eq=False)
@@ -169,9 +176,7 @@ class Bus:
     """A bus type.  ``liveupdate=False`` means its devices cannot be preserved."""
 
     name: str = attrs.field(validator=_check_name)
-    ops: BusOps = attrs.field(
-        factory=BusOps, validator=attrs.validators.instance_of(BusOps)
-    )
+    ops: BusOps = attrs.field(factory=BusOps, validator=attrs.validators.instance_of(BusOps))
     liveupdate: bool = True
     origin: PluginOrigin | None = attrs.field(default=None, eq=False)
 

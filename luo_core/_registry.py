@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 from typing import Any, Literal, TypeVar
 
@@ -56,7 +56,7 @@ class PackInfo:
 
 def disabled_distributions() -> frozenset[str]:
     raw = os.environ.get(DISABLE_ENV, "")
-    return frozenset(normalize(n) for n in raw.split(",") if n.strip())
+    return frozenset(normalize(n.strip()) for n in raw.split(",") if n.strip())
 
 
 class PluginRegistry:
@@ -114,6 +114,7 @@ class PluginRegistry:
             self.add(plugin, origin)
 
     def _fail(self, origin: PluginOrigin, error: str) -> None:
+        error = " ".join(error.split())  # one line, whatever the cause printed
         self.packs.append(PackInfo(origin, "failed", error))
         log.error("plugin_failed", distribution=origin.distribution, error=error)
 
@@ -123,12 +124,15 @@ class PluginRegistry:
         """Call the registration hooks and index their records (conflicts raise)."""
         by_plugin: dict[str, list[Record]] = {name: [] for name in self._origins}
         failed: set[str] = set()
-        for hook_name, kind in (
+        hooks: tuple[tuple[str, type[Record]], ...] = (
             ("luo_buses", Bus),
             ("luo_device_drivers", DeviceDriver),
             ("luo_subsystems", Subsystem),
-        ):
+        )
+        for hook_name, kind in hooks:
             for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+                if impl.plugin_name in failed:
+                    continue
                 origin = self._origins[impl.plugin_name]
                 try:
                     records = list(_records_of(impl.function, kind, hook_name))
@@ -164,7 +168,9 @@ def _ep_key(ep: metadata.EntryPoint) -> tuple[str, str]:
     return (ep.dist.name if ep.dist else "", ep.name)
 
 
-def _records_of(function: Callable[[], Any], kind: type[R], hook_name: str) -> Iterable[R]:
+def _records_of(
+    function: Callable[[], Any], kind: type[Record], hook_name: str
+) -> Iterator[Record]:
     result = function()
     if result is None:
         return

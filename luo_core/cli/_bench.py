@@ -15,6 +15,7 @@ from typing import Any
 from luo_core._hookspecs import hookimpl
 from luo_core._kernel import Kernel
 from luo_core._records import DeviceDriver, DeviceDriverOps
+from luo_core.cli._args import positive_int
 from luo_core.platform import flat_host
 
 NULL_COMPATIBLE = "luo,bench-null"
@@ -29,9 +30,13 @@ class NullDriverPack:
 
 def add_parser(verbs: Any) -> None:
     parser = verbs.add_parser("bench", help="measure luo's own cost per device and phase")
-    parser.add_argument("--devices", type=int, default=1000, help="trivial devices (1000)")
-    parser.add_argument("--rounds", type=int, default=5, help="update cycles; median is shown")
-    parser.add_argument("--workers", type=int, default=1, help="concurrent subtrees")
+    parser.add_argument(
+        "--devices", type=positive_int, default=1000, help="endpoints with null callbacks"
+    )
+    parser.add_argument(
+        "--rounds", type=positive_int, default=5, help="update cycles; the median is shown"
+    )
+    parser.add_argument("--workers", type=positive_int, default=1, help="concurrent subtrees")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(run=run)
 
@@ -72,8 +77,6 @@ def measure(devices: int, rounds: int, workers: int) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.devices < 1 or args.rounds < 1 or args.workers < 1:
-        raise SystemExit("luo bench: error: --devices, --rounds and --workers must be >= 1")
     result = measure(args.devices, args.rounds, args.workers)
     if args.json:
         print(json.dumps(result, indent=2))

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from luo_core._errors import DeviceError
-from luo_core._kernel import Kernel, KernelConfig
+from luo_core._kernel import Kernel
+from luo_core.cli._args import positive_int
 from luo_core.devices import Device
 from luo_core.platform import default_host
 
@@ -18,7 +19,7 @@ def add_parser(verbs: Any) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
     parser.add_argument("--trace", type=Path, metavar="FILE", help="write a Chrome/Perfetto trace")
     parser.add_argument(
-        "--workers", type=int, default=1, help="run independent subtrees concurrently"
+        "--workers", type=positive_int, default=1, help="run independent subtrees concurrently"
     )
     parser.set_defaults(run=run)
 
@@ -98,7 +99,9 @@ def run(args: argparse.Namespace) -> int:
     print("devices:")
     print("\n".join(_tree_lines(kernel, summary)))
     phases = summary["phases"]
-    print("phases: " + " · ".join(f"{n} {p['duration_us'] / 1000:.2f} ms" for n, p in phases.items()))
+    print(
+        "phases: " + " · ".join(f"{n} {p['duration_us'] / 1000:.2f} ms" for n, p in phases.items())
+    )
     print(f"blackout: {summary['blackout_us'] / 1000:.2f} ms (freeze start to last restore)")
     if args.trace:
         print(f"trace: {args.trace}")

@@ -57,7 +57,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"luo {args.verb}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

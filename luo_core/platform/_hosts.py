@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from luo_core.platform._machine import Machine
+from luo_core.platform._machine import Machine, MachineError
 
 EXAMPLE_NIC = "luo,example-nic"
 HOST_BRIDGE = "pci-host-bridge"
@@ -32,7 +32,7 @@ def flat_host(count: int, compatible: str = EXAMPLE_NIC) -> Machine:
     machine.add("pci0000:00", compatible=HOST_BRIDGE)
     bridges = (count + 255) // 256
     if not 0 < count <= 31 * 256:
-        raise ValueError(f"flat_host holds 1 to {31 * 256} devices, not {count}")
+        raise MachineError(f"flat_host holds 1 to {31 * 256} devices, not {count}")
     for b in range(bridges):
         machine.add_pci(f"0000:00:{b + 1:02x}.0", compatible=PCI_BRIDGE, parent="pci0000:00")
     for i in range(count):

@@ -11,6 +11,7 @@ malformed raises :class:`~luo_core.HandoffError`.
 
 from __future__ import annotations
 
+import itertools
 import struct
 import zlib
 from collections.abc import Iterable
@@ -44,12 +45,10 @@ class HandoffRecord:
 def encode_handoff(records: Iterable[HandoffRecord]) -> bytes:
     """Serialise records into one blob; the same records give the same bytes."""
     ordered = sorted(records, key=lambda r: r.key)
-    for a, b in zip(ordered, ordered[1:], strict=False):
+    for a, b in itertools.pairwise(ordered):
         if a.key == b.key:
             raise HandoffError(f"two handoff records for {a.kind} {a.name!r}")
-    body = cbor2.dumps(
-        [[r.kind, r.name, r.compatible, r.data] for r in ordered], canonical=True
-    )
+    body = cbor2.dumps([[r.kind, r.name, r.compatible, r.data] for r in ordered], canonical=True)
     head = _HEADER.pack(MAGIC, FORMAT_VERSION, len(body))
     return head + body + _CRC.pack(zlib.crc32(head + body))
 
@@ -62,7 +61,9 @@ def decode_handoff(blob: bytes) -> dict[tuple[str, str], HandoffRecord]:
     if magic != MAGIC:
         raise HandoffError(f"not a luo handoff: magic {magic!r}, expected {MAGIC!r}")
     if version != FORMAT_VERSION:
-        raise HandoffError(f"handoff format {version} is not supported (this reads {FORMAT_VERSION})")
+        raise HandoffError(
+            f"handoff format {version} is not supported (this reads {FORMAT_VERSION})"
+        )
     if length != len(blob) - _HEADER.size - _CRC.size or length > MAX_HANDOFF_BYTES:
         raise HandoffError(f"handoff body length {length} does not match the blob size")
     end = _HEADER.size + length

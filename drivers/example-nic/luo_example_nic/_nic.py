@@ -78,7 +78,8 @@ class NicOps(DeviceDriverOps):
             raise DeviceError(f"{dev.name}: hardware was reset across kexec")
         if regs.get("tx_tail") != state.tx_tail:
             raise DeviceError(
-                f"{dev.name}: tx tail {regs.get('tx_tail')} in hardware, {state.tx_tail} handed over"
+                f"{dev.name}: tx tail {regs.get('tx_tail')} in hardware, "
+                f"{state.tx_tail} handed over"
             )
         dev.driver_data = state
 

@@ -1,0 +1,128 @@
+"""In-process kexec: only the handoff bytes and the hardware cross; stats span both kernels."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from luo_core import HandoffError, Kernel, KernelConfig, State
+from luo_core.platform import default_host
+from luo_core.serialization import decode_handoff
+from tests.journal import JournalPack
+
+NIC = "0000:01:00.0"
+
+
+def updated(journal: list[str]) -> tuple[Kernel, Kernel, JournalPack]:
+    pack = JournalPack(journal)
+    old = Kernel.boot(default_host(), plugins=[pack], discover=False)
+    old.devices.request(NIC)
+    old.devices[NIC].driver_data["counter"] = 41
+    old.prepare()
+    old_ops = dict(pack.live)
+    new = old.kexec()
+    assert pack.live["alpha"] is not old_ops["alpha"]
+    return old, new, pack
+
+
+def test_state_round_trips_through_kexec(journal: list[str]) -> None:
+    _, new, pack = updated(journal)
+    assert new.state is State.UPDATED
+    assert new.liveupdate_number == 1
+    assert pack.live["alpha"].booted == b"alpha-state"
+    assert pack.live["beta"].booted == b"beta-state"
+    nic = new.devices[NIC]
+    assert (nic.preserved, nic.reclaimed) == (True, True)
+    assert nic.driver_data == {"counter": 41, "paused": False}
+
+
+def test_no_python_object_survives(journal: list[str]) -> None:
+    old, new, _ = updated(journal)
+    old_nic, new_nic = old.devices[NIC], new.devices[NIC]
+    assert old_nic is not new_nic
+    assert old_nic.driver_data is None and old_nic.driver is None
+    assert new.registry is not old.registry
+    # The handoff is bytes, and booting from those bytes alone gives the same result.
+    assert isinstance(new.handoff, bytes)
+    again = Kernel(new.machine, KernelConfig(new.config.plugins, discover=False), new.handoff)
+    assert again.devices[NIC].driver_data == {"counter": 41, "paused": False}
+
+
+def test_handoff_holds_one_record_per_participant(journal: list[str]) -> None:
+    _, new, _ = updated(journal)
+    assert new.handoff is not None
+    records = decode_handoff(new.handoff)
+    assert set(records) == {
+        ("device", "pci0000:00"),
+        ("device", "0000:00:01.0"),
+        ("device", NIC),
+        ("subsystem", "alpha"),
+        ("subsystem", "beta"),
+        ("luo", "luo"),
+    }
+    assert records[("device", NIC)].compatible == "journal-nic"
+    assert records[("device", NIC)].data == b"41"
+
+
+def test_stats_cover_every_phase_across_both_kernels(journal: list[str]) -> None:
+    _, new, _ = updated(journal)
+    new.finish()
+    stats = new.stats
+    assert stats is not None
+    assert list(stats.phases) == ["prepare", "freeze", "kexec", "restore", "finish"]
+    for phase in stats.phases.values():
+        assert phase.ok and phase.duration_us >= phase.callbacks_us >= 0
+    assert set(stats.phases["prepare"].participants_us) == {
+        "device:pci0000:00",
+        "device:0000:00:01.0",
+        f"device:{NIC}",
+        "subsystem:alpha",
+        "subsystem:beta",
+    }
+    assert stats.blackout_us is not None
+    freeze, restore = stats.phases["freeze"], stats.phases["restore"]
+    assert stats.blackout_us * 1000 == pytest.approx(restore.end_ns - freeze.start_ns, abs=1e6)
+    summary = stats.summary()
+    assert json.loads(json.dumps(summary)) == summary
+
+
+def test_chrome_trace_has_phases_callbacks_and_blackout(journal: list[str]) -> None:
+    _, new, _ = updated(journal)
+    assert new.stats is not None
+    trace = new.stats.chrome_trace()
+    events = json.loads(json.dumps(trace))["traceEvents"]
+    names = {e["name"] for e in events}
+    assert {"prepare", "freeze", "kexec", "restore", "blackout"} <= names
+    assert f"restore device:{NIC}" in names
+    assert all(e["ph"] == "X" and e["dur"] >= 0 and e["ts"] >= 0 for e in events)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda b: b[:10], "truncated"),
+        (lambda b: b"XXXX" + b[4:], "magic"),
+        (lambda b: b[:-1] + bytes([b[-1] ^ 1]), "checksum"),
+        (lambda b: b[:20] + bytes([b[20] ^ 0x40]) + b[21:], "checksum"),
+        (lambda b: b + b"\0", "length"),
+    ],
+)
+def test_corrupted_handoff_is_refused_with_a_typed_error(
+    journal: list[str], mutate: object, message: str
+) -> None:
+    _, new, _ = updated(journal)
+    assert new.handoff is not None and callable(mutate)
+    with pytest.raises(HandoffError, match=message):
+        Kernel(new.machine, new.config, mutate(new.handoff))
+
+
+def test_next_kernel_may_load_other_packs(journal: list[str]) -> None:
+    pack = JournalPack(journal)
+    old = Kernel.boot(default_host(), plugins=[pack], discover=False)
+    old.prepare()
+    other = JournalPack(journal, subsystems=("beta", "gamma"))
+    new = old.kexec(KernelConfig(plugins=[other], discover=False))
+    assert new.handed_over("subsystem", "alpha") == b"alpha-state"  # nobody claims it
+    assert other.live["beta"].booted == b"beta-state"
+    assert other.live["gamma"].booted is None

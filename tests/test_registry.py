@@ -1,0 +1,764 @@
+"""Plugin discovery: entry points, origins, failed and disabled packs, conflicts, ``luo drivers``.
+
+Packs are installed for real: each test writes ``*.dist-info`` directories and
+plugin modules into a directory on ``sys.path``, so discovery goes through
+``importlib.metadata`` exactly as it does for a ``pip install``-ed pack.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import itertools
+import json
+import os
+import re
+import sys
+import textwrap
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import structlog
+from structlog.testing import capture_logs
+
+from luo_core import (
+    ENTRY_POINT_GROUP,
+    DeviceDriver,
+    Kernel,
+    Machine,
+    PackInfo,
+    PluginConflictError,
+    PluginOrigin,
+    PluginRegistry,
+    Subsystem,
+    load_plugins,
+)
+from luo_core._registry import DISABLE_ENV, normalize
+from luo_core.cli import main
+from luo_core.platform import EXAMPLE_NIC
+
+EXAMPLE_PACK = "luo-example-nic"
+LogEvent = MutableMapping[str, Any]
+RunLuo = Callable[..., tuple[int, str, str]]
+
+_serial = itertools.count()
+
+# -- installing fake packs ----------------------------------------------------
+
+PRELUDE = """\
+from luo_core import DeviceDriver, DeviceDriverOps, Subsystem, SubsystemOps, hookimpl
+
+BOOTED = []
+
+
+class FakeNicOps(DeviceDriverOps):
+    def probe(self, dev):
+        dev.driver_data = "probed"
+
+    def prepare(self, dev):
+        return b"nic-state:" + dev.name.encode()
+
+    def restore(self, dev, data):
+        dev.driver_data = data
+
+
+class FakeSubsystemOps(SubsystemOps):
+    def prepare(self):
+        return b"subsystem-state"
+
+    def boot(self, data):
+        BOOTED.append(data)
+"""
+
+DRIVER_HOOK = """
+@hookimpl
+def luo_device_drivers():
+    yield DeviceDriver(name={name!r}, compatible={compatibles!r}, ops=FakeNicOps())
+"""
+
+SUBSYSTEM_HOOK = """
+@hookimpl
+def luo_subsystems():
+    yield Subsystem(name={name!r}, ops=FakeSubsystemOps())
+"""
+
+
+def pack_source(
+    *,
+    driver: str | None = None,
+    compatibles: Sequence[str] = (),
+    subsystem: str | None = None,
+    extra: str = "",
+) -> str:
+    """A plugin module registering the given driver and subsystem, plus ``extra`` code."""
+    parts = [PRELUDE]
+    if driver is not None:
+        parts.append(DRIVER_HOOK.format(name=driver, compatibles=list(compatibles)))
+    if subsystem is not None:
+        parts.append(SUBSYSTEM_HOOK.format(name=subsystem))
+    parts.append(textwrap.dedent(extra))
+    return "\n".join(parts)
+
+
+@attrs.frozen
+class FakeDist:
+    """One fake installed distribution and the plugin module its entry point names."""
+
+    name: str
+    version: str
+    module: str
+
+    @property
+    def origin(self) -> PluginOrigin:
+        return PluginOrigin(self.name, self.version)
+
+
+class DistFactory:
+    """Installs fake distributions into one directory on ``sys.path``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.modules: list[str] = []
+
+    def __call__(self, name: str, source: str, *, version: str = "1.0") -> FakeDist:
+        slug = re.sub(r"[^a-z0-9]+", "_", name.lower())
+        module = f"luo_fake_{next(_serial)}_{slug}"
+        # The directory stem must hold the escaped name: importlib.metadata
+        # deduplicates distributions by the part of the stem before the first "-".
+        info = self.root / f"{re.sub(r'[-_.]+', '_', name)}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+        )
+        (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n{slug} = {module}\n")
+        (self.root / f"{module}.py").write_text(source)
+        self.modules.append(module)
+        importlib.invalidate_caches()
+        return FakeDist(name, version, module)
+
+    def good(self, name: str, stem: str, *, version: str = "1.0") -> FakeDist:
+        """A well-formed pack: driver ``<stem>-nic`` for ``luo-test,<stem>``, subsystem
+        ``<stem>-sub``."""
+        return self(
+            name,
+            pack_source(
+                driver=f"{stem}-nic", compatibles=[f"luo-test,{stem}"], subsystem=f"{stem}-sub"
+            ),
+            version=version,
+        )
+
+
+@pytest.fixture(autouse=True)
+def _only_known_packs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Block installed packs other than the example one, so results depend only on
+    the packs a test installs (and on the example pack)."""
+    others = {
+        normalize(ep.dist.name)
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)
+        if ep.dist is not None
+    } - {EXAMPLE_PACK}
+    monkeypatch.setenv(DISABLE_ENV, ",".join(sorted(others)))
+
+
+@pytest.fixture
+def make_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[DistFactory]:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    factory = DistFactory(tmp_path)
+    yield factory
+    for module in factory.modules:
+        sys.modules.pop(module, None)
+    importlib.invalidate_caches()
+
+
+@pytest.fixture
+def run_luo(capsys: pytest.CaptureFixture[str]) -> Iterator[RunLuo]:
+    """Run the ``luo`` command; returns ``(exit code, stdout, stderr)``."""
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    yield run
+    structlog.reset_defaults()  # main() configures logging for the process
+
+
+def disable(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    """Append ``raw`` to ``LUO_DISABLE_PLUGINS`` as a user would write it."""
+    current = os.environ.get(DISABLE_ENV, "")
+    monkeypatch.setenv(DISABLE_ENV, f"{current},{raw}" if current else raw)
+
+
+# -- reading results ----------------------------------------------------------
+
+
+def packs_of(registry: PluginRegistry, distribution: str) -> list[PackInfo]:
+    return [p for p in registry.packs if p.origin.distribution == distribution]
+
+
+def only_pack(registry: PluginRegistry, distribution: str) -> PackInfo:
+    packs = packs_of(registry, distribution)
+    assert len(packs) == 1, f"{distribution} listed {len(packs)} times: {packs}"
+    return packs[0]
+
+
+def failures(logs: list[LogEvent]) -> list[LogEvent]:
+    return [e for e in logs if e["event"] == "plugin_failed"]
+
+
+def assert_loaded(registry: PluginRegistry, dist: FakeDist, stem: str) -> None:
+    """``dist`` (made by :meth:`DistFactory.good`) loaded and owns its records."""
+    pack = only_pack(registry, dist.name)
+    assert (pack.status, pack.error) == ("loaded", None)
+    assert pack.origin == dist.origin
+    driver = registry.drivers[f"luo-test,{stem}"]
+    subsystem = registry.subsystems[f"{stem}-sub"]
+    assert pack.records == (driver, subsystem)
+    assert driver.origin == subsystem.origin == dist.origin
+
+
+def assert_failed_once(
+    registry: PluginRegistry, logs: list[LogEvent], dist: FakeDist, *causes: str
+) -> PackInfo:
+    """``dist`` is listed once as failed, with every cause in its error, and
+    reported by exactly one ``plugin_failed`` event."""
+    pack = only_pack(registry, dist.name)
+    assert pack.status == "failed"
+    assert pack.error is not None
+    for cause in causes:
+        assert cause in pack.error
+    assert pack.records == ()
+    events = failures(logs)
+    assert [e["distribution"] for e in events] == [dist.name]
+    assert events[0]["error"] == pack.error
+    assert events[0]["log_level"] == "error"
+    return pack
+
+
+def assert_owns_nothing(registry: PluginRegistry, dist: FakeDist) -> None:
+    """No record of ``dist`` is registered and none of its hooks will be called."""
+    records: list[Subsystem | DeviceDriver] = [
+        *registry.subsystems.values(),
+        *registry.drivers.values(),
+    ]
+    assert [r for r in records if r.origin == dist.origin] == []
+    module = sys.modules.get(dist.module)
+    if module is not None:
+        assert not registry.pm.is_registered(module)
+
+
+# -- discovery and origins ----------------------------------------------------
+
+
+def test_discovered_pack_records_carry_its_distribution(make_dist: DistFactory) -> None:
+    dist = make_dist.good("luo-fake-nic", "fakenic", version="2.3.1")
+
+    with capture_logs() as logs:
+        registry = load_plugins(discover=True, builtin=None)
+
+    assert_loaded(registry, dist, "fakenic")
+    assert registry.drivers["luo-test,fakenic"].name == "fakenic-nic"
+    assert failures(logs) == []
+
+
+def test_example_pack_is_discovered() -> None:
+    registry = load_plugins(discover=True, builtin=None)
+
+    pack = only_pack(registry, EXAMPLE_PACK)
+    origin = PluginOrigin(EXAMPLE_PACK, metadata.version(EXAMPLE_PACK))
+    assert (pack.origin, pack.status, pack.error) == (origin, "loaded", None)
+    driver = registry.drivers[EXAMPLE_NIC]
+    assert driver.origin == origin
+    assert driver in pack.records
+    subsystems = [r for r in pack.records if isinstance(r, Subsystem)]
+    assert subsystems
+    for subsystem in subsystems:
+        assert registry.subsystems[subsystem.name].origin == origin
+
+
+def test_kernel_boot_runs_a_discovered_pack_through_a_live_update(
+    make_dist: DistFactory,
+) -> None:
+    dist = make_dist.good("luo-fake-nic", "fakenic", version="0.4")
+    machine = Machine()
+    machine.add("fake0", compatible="luo-test,fakenic")
+
+    kernel = Kernel.boot(machine)
+
+    assert only_pack(kernel.registry, dist.name).status == "loaded"
+    assert only_pack(kernel.registry, EXAMPLE_PACK).status == "loaded"
+    assert kernel.subsystems["fakenic-sub"].origin == dist.origin
+    nic = kernel.devices["fake0"]
+    assert nic.driver is not None
+    assert nic.driver.origin == dist.origin
+    assert nic.driver_data == "probed"
+
+    kernel.devices.request("fake0")
+    kernel.prepare()
+    new_kernel = kernel.kexec()
+
+    assert new_kernel.devices["fake0"].reclaimed
+    assert new_kernel.devices["fake0"].driver_data == b"nic-state:fake0"
+    assert sys.modules[dist.module].BOOTED == [b"subsystem-state"]
+
+
+# -- broken packs are reported once and skipped -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "causes"),
+    [
+        pytest.param(
+            "raise RuntimeError('needs libfakenic.so')\n",
+            ["RuntimeError", "needs libfakenic.so"],
+            id="raises",
+        ),
+        pytest.param(
+            "import luo_fake_absent_dependency\n",
+            ["ModuleNotFoundError", "luo_fake_absent_dependency"],
+            id="missing-dependency",
+        ),
+        pytest.param("def broken(:\n", ["SyntaxError"], id="syntax-error"),
+    ],
+)
+def test_pack_that_fails_to_import_is_reported_once_and_skipped(
+    make_dist: DistFactory, source: str, causes: list[str]
+) -> None:
+    before = make_dist.good("luo-fake-a", "alpha")
+    broken = make_dist("luo-fake-b-broken", source)
+    after = make_dist.good("luo-fake-c", "gamma")
+
+    with capture_logs() as logs:
+        registry = load_plugins(discover=True, builtin=None)
+
+    pack = assert_failed_once(registry, logs, broken, *causes)
+    assert pack.origin == broken.origin
+    assert_loaded(registry, before, "alpha")
+    assert_loaded(registry, after, "gamma")
+
+
+@pytest.mark.parametrize(
+    ("extra", "cause"),
+    [
+        pytest.param(
+            """
+            @hookimpl
+            def luo_subsystem():
+                yield Subsystem(name="typo-sub", ops=FakeSubsystemOps())
+            """,
+            "luo_subsystem",
+            id="luo_subsystem",
+        ),
+        pytest.param(
+            """
+            @hookimpl
+            def luo_device_driver():
+                yield DeviceDriver(name="typo-nic", compatible=["luo-test,typo"], ops=FakeNicOps())
+            """,
+            "luo_device_driver",
+            id="luo_device_driver",
+        ),
+        pytest.param(
+            """
+            @hookimpl
+            def luo_phase_started(kernel, phase, stats):
+                pass
+            """,
+            "stats",
+            id="argument-not-in-spec",
+        ),
+    ],
+)
+def test_misspelt_hook_fails_the_pack(make_dist: DistFactory, extra: str, cause: str) -> None:
+    before = make_dist.good("luo-fake-a", "alpha")
+    typo = make_dist(
+        "luo-fake-b-typo",
+        pack_source(driver="typo-ok-nic", compatibles=["luo-test,typo-ok"], extra=extra),
+    )
+    after = make_dist.good("luo-fake-c", "gamma")
+
+    with capture_logs() as logs:
+        registry = load_plugins(discover=True, builtin=None)
+
+    assert_failed_once(registry, logs, typo, cause)
+    assert "luo-test,typo-ok" not in registry.drivers
+    assert_owns_nothing(registry, typo)
+    assert_loaded(registry, before, "alpha")
+    assert_loaded(registry, after, "gamma")
+
+
+BAD_SUBSYSTEMS = """
+@hookimpl
+def luo_subsystems():
+    {body}
+"""
+BAD_DRIVERS = """
+@hookimpl
+def luo_device_drivers():
+    {body}
+"""
+
+
+@pytest.mark.parametrize(
+    ("template", "body", "causes"),
+    [
+        pytest.param(
+            BAD_SUBSYSTEMS,
+            "yield {'name': 'dict-sub', 'ops': FakeSubsystemOps()}",
+            ["luo_subsystems", "dict-sub", "expected a Subsystem"],
+            id="subsystems-yields-dict",
+        ),
+        pytest.param(
+            BAD_SUBSYSTEMS,
+            "yield DeviceDriver(name='misfiled', compatible=['luo-test,x'], ops=FakeNicOps())",
+            ["luo_subsystems", "expected a Subsystem"],
+            id="subsystems-yields-driver",
+        ),
+        pytest.param(
+            BAD_SUBSYSTEMS,
+            "raise RuntimeError('subsystem table corrupt')",
+            ["luo_subsystems", "RuntimeError", "subsystem table corrupt"],
+            id="subsystems-raises",
+        ),
+        pytest.param(
+            BAD_SUBSYSTEMS,
+            "yield Subsystem(name='Not A Name', ops=FakeSubsystemOps())",
+            ["luo_subsystems", "ValueError", "Not A Name"],
+            id="subsystems-invalid-record",
+        ),
+        pytest.param(
+            BAD_SUBSYSTEMS,
+            "return 42",
+            ["luo_subsystems", "TypeError"],
+            id="subsystems-returns-int",
+        ),
+        pytest.param(
+            BAD_DRIVERS,
+            "yield {'name': 'dict-nic', 'compatible': ['luo-test,dict']}",
+            ["luo_device_drivers", "dict-nic", "expected a DeviceDriver"],
+            id="drivers-yields-dict",
+        ),
+        pytest.param(
+            BAD_DRIVERS,
+            "raise OSError(errno.ENODEV, 'no firmware')",
+            ["luo_device_drivers", "no firmware"],
+            id="drivers-raises",
+        ),
+    ],
+)
+def test_bad_registration_hook_fails_the_pack(
+    make_dist: DistFactory, template: str, body: str, causes: list[str]
+) -> None:
+    before = make_dist.good("luo-fake-a", "alpha")
+    # The pack's other registration hook is fine; none of its records may register.
+    if template is BAD_SUBSYSTEMS:
+        good = pack_source(driver="bad-ok-nic", compatibles=["luo-test,bad-ok"])
+    else:
+        good = pack_source(subsystem="bad-ok-sub")
+    bad = make_dist("luo-fake-b-bad", "import errno\n" + good + template.format(body=body))
+    after = make_dist.good("luo-fake-c", "gamma")
+
+    with capture_logs() as logs:
+        registry = load_plugins(discover=True, builtin=None)
+
+    assert_failed_once(registry, logs, bad, *causes)
+    assert "luo-test,bad-ok" not in registry.drivers
+    assert "bad-ok-sub" not in registry.subsystems
+    assert_owns_nothing(registry, bad)
+    assert_loaded(registry, before, "alpha")
+    assert_loaded(registry, after, "gamma")
+
+
+def test_pack_failing_in_every_registration_hook_is_reported_once(
+    make_dist: DistFactory,
+) -> None:
+    bad = make_dist(
+        "luo-fake-twice",
+        pack_source(
+            extra="""
+            @hookimpl
+            def luo_device_drivers():
+                raise RuntimeError("driver table corrupt")
+
+            @hookimpl
+            def luo_subsystems():
+                raise RuntimeError("subsystem table corrupt")
+            """
+        ),
+    )
+    good = make_dist.good("luo-fake-z", "zeta")
+
+    with capture_logs() as logs:
+        registry = load_plugins(discover=True, builtin=None)
+
+    assert_failed_once(registry, logs, bad, "table corrupt")
+    assert_owns_nothing(registry, bad)
+    assert_loaded(registry, good, "zeta")
+
+
+def test_records_of_a_failed_pack_do_not_conflict(make_dist: DistFactory) -> None:
+    failed = make_dist(
+        "luo-fake-a-failed",
+        pack_source(
+            driver="shared-nic",
+            compatibles=["luo-test,shared"],
+            extra="""
+            @hookimpl
+            def luo_subsystems():
+                raise RuntimeError("boom")
+            """,
+        ),
+    )
+    owner = make_dist(
+        "luo-fake-b-owner",
+        pack_source(driver="shared-nic", compatibles=["luo-test,shared"], subsystem="owner-sub"),
+    )
+
+    registry = load_plugins(discover=True, builtin=None)
+
+    assert only_pack(registry, failed.name).status == "failed"
+    assert registry.drivers["luo-test,shared"].origin == owner.origin
+
+
+# -- conflicts ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "claim"),
+    [
+        pytest.param(
+            pack_source(driver="nic-a", compatibles=["luo-test,a", "luo-test,shared"]),
+            pack_source(driver="nic-b", compatibles=["luo-test,shared"]),
+            "'luo-test,shared'",
+            id="compatible",
+        ),
+        pytest.param(
+            pack_source(subsystem="shared-sub"),
+            pack_source(subsystem="shared-sub"),
+            "'shared-sub'",
+            id="subsystem",
+        ),
+        pytest.param(
+            pack_source(driver="shared-nic", compatibles=["luo-test,a"]),
+            pack_source(driver="shared-nic", compatibles=["luo-test,b"]),
+            "'shared-nic'",
+            id="driver-name",
+        ),
+    ],
+)
+def test_two_packs_claiming_the_same_thing_conflict(
+    make_dist: DistFactory, first: str, second: str, claim: str
+) -> None:
+    make_dist("luo-fake-first", first, version="1.0")
+    make_dist("luo-fake-second", second, version="2.0")
+
+    with pytest.raises(PluginConflictError) as caught:
+        load_plugins(discover=True, builtin=None)
+
+    assert caught.value.errno == errno.EEXIST
+    message = str(caught.value)
+    assert claim in message
+    assert "luo-fake-first 1.0" in message
+    assert "luo-fake-second 2.0" in message
+
+
+def test_pack_claiming_the_example_nic_conflicts_with_the_example_pack(
+    make_dist: DistFactory,
+) -> None:
+    make_dist("luo-fake-clone", pack_source(driver="clone-nic", compatibles=[EXAMPLE_NIC]))
+
+    with pytest.raises(PluginConflictError) as caught:
+        Kernel.boot(Machine())
+
+    assert caught.value.errno == errno.EEXIST
+    assert EXAMPLE_PACK in str(caught.value)
+    assert "luo-fake-clone 1.0" in str(caught.value)
+
+
+def test_disabling_one_side_resolves_a_conflict(
+    make_dist: DistFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_dist.good("luo-fake-first", "shared")
+    second = make_dist.good("luo-fake-second", "shared")
+    disable(monkeypatch, "luo-fake-first")
+
+    registry = load_plugins(discover=True, builtin=None)
+
+    assert only_pack(registry, "luo-fake-first").status == "disabled"
+    assert_loaded(registry, second, "shared")
+
+
+# -- LUO_DISABLE_PLUGINS ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "spelling"),
+    [
+        pytest.param("Luo_Fake_Pack", "luo-fake-pack", id="dist-name-not-normalised"),
+        pytest.param("luo-fake-pack", "Luo_Fake_Pack", id="env-not-normalised"),
+        pytest.param("luo.fake--pack", "LUO_FAKE.PACK", id="mixed-separators"),
+    ],
+)
+def test_disabled_pack_is_listed_but_never_imported(
+    make_dist: DistFactory, monkeypatch: pytest.MonkeyPatch, name: str, spelling: str
+) -> None:
+    blocked = make_dist.good(name, "blocked", version="3.1")
+    kept = make_dist.good("luo-fake-kept", "kept")
+    disable(monkeypatch, spelling)
+
+    with capture_logs() as logs:
+        registry = load_plugins(discover=True, builtin=None)
+
+    pack = only_pack(registry, name)
+    assert (pack.origin, pack.status, pack.records) == (blocked.origin, "disabled", ())
+    assert "luo-test,blocked" not in registry.drivers
+    assert "blocked-sub" not in registry.subsystems
+    assert blocked.module not in sys.modules
+    assert failures(logs) == []
+    assert any(e["event"] == "plugin_disabled" and e["distribution"] == name for e in logs)
+    assert_loaded(registry, kept, "kept")
+
+
+def test_disable_list_names_several_packs(
+    make_dist: DistFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = make_dist.good("luo-fake-first", "first")
+    second = make_dist.good("luo-fake-second", "second")
+    kept = make_dist.good("luo-fake-kept", "kept")
+    disable(monkeypatch, "luo-fake-first,LUO_EXAMPLE_NIC,,luo-fake-second")
+
+    registry = load_plugins(discover=True, builtin=None)
+
+    for name in (first.name, second.name, EXAMPLE_PACK):
+        assert only_pack(registry, name).status == "disabled"
+    assert EXAMPLE_NIC not in registry.drivers
+    assert_loaded(registry, kept, "kept")
+
+
+def test_disable_list_tolerates_spaces_after_commas(
+    make_dist: DistFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = make_dist.good("luo-fake-first", "first")
+    second = make_dist.good("luo-fake-second", "second")
+    disable(monkeypatch, " luo-fake-first , luo-fake-second")
+
+    registry = load_plugins(discover=True, builtin=None)
+
+    assert only_pack(registry, first.name).status == "disabled"
+    assert only_pack(registry, second.name).status == "disabled"
+
+
+# -- luo drivers --------------------------------------------------------------
+
+
+def text_blocks(out: str) -> dict[str, list[str]]:
+    """``luo drivers`` text output: each pack's header line -> its indented lines."""
+    blocks: dict[str, list[str]] = {}
+    lines: list[str] = []
+    for line in out.splitlines():
+        if line.startswith(" "):
+            lines.append(line.strip())
+        else:
+            lines = blocks.setdefault(line, [])
+    return blocks
+
+
+def json_pack(packs: list[dict[str, Any]], distribution: str) -> dict[str, Any]:
+    found = [p for p in packs if p["distribution"] == distribution]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_drivers_lists_packs_versions_and_what_they_handle(
+    make_dist: DistFactory, run_luo: RunLuo
+) -> None:
+    make_dist.good("luo-fake-nic", "fakenic", version="2.3.1")
+
+    code, out, _ = run_luo("drivers")
+
+    assert code == 0
+    blocks = text_blocks(out)
+    lines = blocks["luo-fake-nic 2.3.1  loaded"]
+    assert any(re.fullmatch(r"driver\s+fakenic-nic\s+luo-test,fakenic", x) for x in lines)
+    assert any(re.fullmatch(r"subsystem\s+fakenic-sub", x) for x in lines)
+    example = blocks[f"{EXAMPLE_PACK} {metadata.version(EXAMPLE_PACK)}  loaded"]
+    assert any(x.startswith("driver") and x.endswith(EXAMPLE_NIC) for x in example)
+
+
+def test_drivers_json_lists_packs_versions_and_what_they_handle(
+    make_dist: DistFactory, run_luo: RunLuo
+) -> None:
+    make_dist.good("luo-fake-nic", "fakenic", version="2.3.1")
+
+    code, out, _ = run_luo("drivers", "--json")
+
+    assert code == 0
+    packs = json.loads(out)
+    pack = json_pack(packs, "luo-fake-nic")
+    assert (pack["version"], pack["status"], pack["error"]) == ("2.3.1", "loaded", None)
+    provides = {(p["kind"], p["name"], tuple(p.get("compatible", ()))) for p in pack["provides"]}
+    assert provides == {
+        ("driver", "fakenic-nic", ("luo-test,fakenic",)),
+        ("subsystem", "fakenic-sub", ()),
+    }
+    example = json_pack(packs, EXAMPLE_PACK)
+    assert example["version"] == metadata.version(EXAMPLE_PACK)
+    assert [EXAMPLE_NIC] in [p.get("compatible") for p in example["provides"]]
+
+
+def test_drivers_fails_when_a_pack_failed(make_dist: DistFactory, run_luo: RunLuo) -> None:
+    make_dist("luo-fake-broken", "raise RuntimeError('needs libfakenic.so')\n", version="0.9")
+    make_dist.good("luo-fake-nic", "fakenic")
+
+    code, out, err = run_luo("drivers")
+
+    assert code == 1
+    blocks = text_blocks(out)
+    [header] = [h for h in blocks if h.startswith("luo-fake-broken 0.9  failed: ")]
+    assert "needs libfakenic.so" in header
+    assert "luo-fake-nic 1.0  loaded" in blocks
+    assert [x for x in err.splitlines() if "plugin_failed" in x and "luo-fake-broken" in x]
+
+
+def test_drivers_json_fails_when_a_pack_failed(make_dist: DistFactory, run_luo: RunLuo) -> None:
+    make_dist("luo-fake-broken", "raise RuntimeError('needs libfakenic.so')\n", version="0.9")
+    make_dist.good("luo-fake-nic", "fakenic")
+
+    code, out, _ = run_luo("drivers", "--json")
+
+    assert code == 1
+    packs = json.loads(out)
+    broken = json_pack(packs, "luo-fake-broken")
+    assert (broken["version"], broken["status"], broken["provides"]) == ("0.9", "failed", [])
+    assert "needs libfakenic.so" in broken["error"]
+    assert json_pack(packs, "luo-fake-nic")["status"] == "loaded"
+
+
+def test_drivers_does_not_fail_for_a_disabled_pack(
+    make_dist: DistFactory, monkeypatch: pytest.MonkeyPatch, run_luo: RunLuo
+) -> None:
+    make_dist("luo-fake-broken", "raise RuntimeError('needs libfakenic.so')\n", version="0.9")
+    disable(monkeypatch, "luo-fake-broken")
+
+    code, out, _ = run_luo("drivers", "--json")
+
+    assert code == 0
+    broken = json_pack(json.loads(out), "luo-fake-broken")
+    assert (broken["status"], broken["error"], broken["provides"]) == ("disabled", None, [])
+
+
+def test_drivers_reports_a_conflict_in_one_line(make_dist: DistFactory, run_luo: RunLuo) -> None:
+    make_dist.good("luo-fake-first", "shared", version="1.0")
+    make_dist.good("luo-fake-second", "shared", version="2.0")
+
+    code, _, err = run_luo("drivers")
+
+    assert code == 1
+    [line] = [x for x in err.splitlines() if x.startswith("luo drivers: error: ")]
+    assert "luo-fake-first 1.0" in line
+    assert "luo-fake-second 2.0" in line
+    assert "Traceback" not in err

@@ -1,0 +1,171 @@
+"""Rollback: a participant failing prepare or freeze, each in turn.
+
+The ones that already succeeded get ``cancel`` in reverse order, the failing
+one gets none, the machine is back in ``normal`` and every device is exactly
+as it was before prepare (QEMU's rule: a failed update leaves the source as
+it was).
+"""
+
+from __future__ import annotations
+
+import copy
+import errno
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from luo_core import CallbackError, Kernel, State
+from luo_core.platform import default_host
+from tests.journal import Boom, JournalPack
+
+NICS = ("0000:01:00.0", "0000:01:00.1", "0000:02:00.0")
+PARTICIPANTS = [*NICS, "alpha", "beta"]
+
+
+def boot(journal: list[str], workers: int = 1) -> tuple[Kernel, JournalPack]:
+    pack = JournalPack(journal)
+    kernel = Kernel.boot(default_host(), plugins=[pack], discover=False, workers=workers)
+    for name in NICS:
+        kernel.devices.request(name)
+    for i, name in enumerate(NICS):
+        kernel.devices[name].driver_data["counter"] = 10 + i
+    return kernel, pack
+
+
+def snapshot(kernel: Kernel) -> dict[str, Any]:
+    return {
+        dev.name: (
+            copy.deepcopy(dev.driver_data),
+            dict(dev.hw.regs),
+            dev.hw.bus_master,
+            dev.requested,
+            dev.preserved,
+        )
+        for dev in kernel.devices.devices()
+    }
+
+
+def phase_order(phase: str) -> list[str]:
+    """The order participants run ``phase`` in, from a run that succeeds."""
+    journal: list[str] = []
+    kernel, _ = boot(journal)
+    kernel.prepare()
+    kernel.freeze()
+    return [e.split(":", 1)[1] for e in journal if e.startswith(phase + ":")]
+
+
+@pytest.mark.parametrize("workers", [1, 4])
+@pytest.mark.parametrize("victim", PARTICIPANTS)
+def test_prepare_failure_cancels_the_succeeded_in_reverse(victim: str, workers: int) -> None:
+    journal: list[str] = []
+    kernel, pack = boot(journal, workers)
+    before = snapshot(kernel)
+    pack.fail.add(f"prepare:{victim}")
+    with pytest.raises(CallbackError) as info:
+        kernel.prepare()
+    assert info.value.participant.endswith(victim)
+    assert info.value.phase == "prepare"
+    assert isinstance(info.value.__cause__, Boom)
+    assert info.value.errno == errno.EIO
+
+    prepared = [e.split(":", 1)[1] for e in journal if e.startswith("prepare:")]
+    cancelled = [e.split(":", 1)[1] for e in journal if e.startswith("cancel:")]
+    assert victim not in cancelled
+    if workers == 1:
+        assert prepared[-1] == victim
+        assert cancelled == list(reversed(prepared[:-1]))
+    else:  # siblings in flight finish too, and are cancelled
+        assert sorted(cancelled) == sorted(p for p in prepared if p != victim)
+    assert kernel.state is State.NORMAL
+    assert snapshot(kernel) == before
+
+
+@pytest.mark.parametrize("victim", PARTICIPANTS)
+def test_freeze_failure_cancels_every_other_prepared_participant(victim: str) -> None:
+    journal: list[str] = []
+    kernel, pack = boot(journal)
+    before = snapshot(kernel)
+    kernel.prepare()
+    prepared = [e.split(":", 1)[1] for e in journal if e.startswith("prepare:")]
+    pack.fail.add(f"freeze:{victim}")
+    with pytest.raises(CallbackError) as info:
+        kernel.freeze()
+    assert info.value.phase == "freeze" and info.value.participant.endswith(victim)
+    frozen = [e.split(":", 1)[1] for e in journal if e.startswith("freeze:")]
+    assert frozen == phase_order("freeze")[: len(frozen)] and frozen[-1] == victim
+    cancelled = [e.split(":", 1)[1] for e in journal if e.startswith("cancel:")]
+    assert cancelled == [p for p in reversed(prepared) if p != victim]
+    assert kernel.state is State.NORMAL
+    assert snapshot(kernel) == before
+
+
+def test_a_failed_update_can_be_retried(journal: list[str]) -> None:
+    kernel, pack = boot(journal)
+    pack.fail.add("freeze:alpha")
+    kernel.prepare()
+    with pytest.raises(CallbackError):
+        kernel.kexec()
+    assert kernel.state is State.NORMAL
+    pack.fail.clear()
+    kernel.prepare()
+    new = kernel.kexec()
+    assert new.state is State.UPDATED
+    assert new.devices["0000:01:00.1"].driver_data["counter"] == 11
+
+
+@pytest.mark.parametrize("when", ["prepared", "frozen"])
+def test_cancel_leaves_devices_unchanged(when: str) -> None:
+    journal: list[str] = []
+    kernel, _ = boot(journal)
+    before = snapshot(kernel)
+    kernel.prepare()
+    if when == "frozen":
+        kernel.freeze()
+        assert all(kernel.devices[n].driver_data["paused"] for n in NICS)
+    kernel.cancel()
+    assert kernel.state is State.NORMAL
+    assert snapshot(kernel) == before
+    cancelled = [e.split(":", 1)[1] for e in journal if e.startswith("cancel:")]
+    prepared = [e.split(":", 1)[1] for e in journal if e.startswith("prepare:")]
+    assert cancelled == list(reversed(prepared))
+
+
+@pytest.mark.parametrize("phase", ["cancel", "finish"])
+def test_cancel_and_finish_callbacks_cannot_fail_the_transition(phase: str) -> None:
+    journal: list[str] = []
+    kernel, pack = boot(journal)
+    pack.fail.update({f"{phase}:alpha", f"{phase}:0000:01:00.0"})
+    kernel.prepare()
+    with capture_logs() as logs:
+        if phase == "cancel":
+            kernel.cancel()
+        else:
+            kernel = kernel.kexec()
+            kernel.finish()
+    assert kernel.state is State.NORMAL
+    assert f"{phase}:beta" in journal and f"{phase}:0000:02:00.0" in journal
+    failed = {
+        e["participant"]
+        for e in logs
+        if e["event"] == "callback_must_not_fail" and e["phase"] == phase
+    }
+    assert failed == {"subsystem:alpha", "device:0000:01:00.0"}
+
+
+def test_rollback_is_reported_to_observers(journal: list[str]) -> None:
+    seen: list[tuple[str, str, str]] = []
+
+    class Watcher:
+        from luo_core import hookimpl
+
+        @hookimpl
+        def luo_state_changed(self, old: State, new: State, event: Any) -> None:
+            seen.append((event.value, old.value, new.value))
+
+    pack = JournalPack(journal)
+    pack.fail.add("prepare:beta")
+    kernel = Kernel.boot(default_host(), plugins=[pack, Watcher()], discover=False)
+    with pytest.raises(CallbackError):
+        kernel.prepare()
+    assert seen == [("prepare", "normal", "normal")]
