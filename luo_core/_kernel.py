@@ -12,18 +12,17 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
-import cbor2
 import structlog
 
 from luo_core._errors import (
     CallbackError,
     ExistsError,
-    HandoffError,
     InvalidTransitionError,
     KernelGoneError,
     NotFoundError,
 )
 from luo_core._hookspecs import PROJECT
+from luo_core._meta import META_KEY, read_meta, write_meta
 from luo_core._orchestrator import PhaseRunner
 from luo_core._participants import (
     DEVICE,
@@ -38,14 +37,12 @@ from luo_core._participants import (
 from luo_core._records import Subsystem
 from luo_core._registry import PluginRegistry, load_plugins
 from luo_core._state import REGISTRATION_STATES, Event, State, StateMachine
-from luo_core._stats import PhaseStats, UpdateStats, now_ns
+from luo_core._stats import UpdateStats, now_ns
 from luo_core.devices import Device, DeviceTree, _builtin, freeze_graph, restore_graph
 from luo_core.platform import Machine
 from luo_core.serialization import HandoffRecord, decode_handoff, encode_handoff
 
 log = structlog.get_logger(PROJECT)
-META: Key = ("luo", "luo")
-META_COMPATIBLE = "luo-meta-v1"
 
 
 def _as_tuple(plugins: Iterable[object]) -> tuple[object, ...]:
@@ -71,7 +68,7 @@ class Kernel:
 
     def __init__(self, machine: Machine, config: KernelConfig, handoff: bytes | None) -> None:
         incoming = decode_handoff(handoff) if handoff is not None else {}
-        meta = _read_meta(incoming.pop(META, None)) if handoff is not None else None
+        meta = read_meta(incoming.pop(META_KEY, None)) if handoff is not None else None
         self.machine = machine
         self.config = config
         self.handoff = handoff
@@ -239,7 +236,7 @@ class Kernel:
                 for kind, name in self._prepared
             ]
             self.stats.phases["kexec"] = runner.stats  # the next kernel closes it
-            records.append(_write_meta(self.liveupdate_number, self.stats))
+            records.append(write_meta(self.liveupdate_number, self.stats))
             blob = encode_handoff(records)
             self._die()
         return Kernel(self.machine, config or self.config, blob)
@@ -315,14 +312,13 @@ class Kernel:
         key = subsystem_key(sub)
         data[key] = checked_bytes(sub.ops.freeze(data[key]), f"{sub.name}.freeze")
 
-    def _boot_updated(self, meta: dict[str, Any], incoming: dict[Key, HandoffRecord]) -> None:
+    def _boot_updated(
+        self, meta: tuple[int, UpdateStats], incoming: dict[Key, HandoffRecord]
+    ) -> None:
         """Next-kernel boot: subsystems get ``boot``, preserved devices get
         ``restore`` (parents first); the rest are probed afresh."""
-        self.liveupdate_number = meta["liveupdate-number"] + 1
-        stats = UpdateStats(freeze_start_ns=meta["freeze-start"])
-        for wire in meta["phases"]:
-            phase = PhaseStats.from_wire(wire)
-            stats.phases[phase.phase] = phase
+        number, stats = meta
+        self.liveupdate_number = number + 1
         self.stats = stats
         kexec = stats.phases["kexec"]
         kexec.end_ns = now_ns()
@@ -445,30 +441,3 @@ def _driver(dev: Device) -> str:
 
 def _index(dev: Device) -> int:
     return dev.index
-
-
-def _write_meta(number: int, stats: UpdateStats) -> HandoffRecord:
-    assert stats.freeze_start_ns is not None
-    phases = [p.to_wire() for p in stats.phases.values()]
-    body = {"liveupdate-number": number, "freeze-start": stats.freeze_start_ns, "phases": phases}
-    return HandoffRecord(META[0], META[1], META_COMPATIBLE, cbor2.dumps(body, canonical=True))
-
-
-def _read_meta(record: HandoffRecord | None) -> dict[str, Any]:
-    if record is None or record.compatible != META_COMPATIBLE:
-        raise HandoffError("handoff has no luo-meta-v1 record")
-    try:
-        meta = cbor2.loads(record.data)
-        if not (
-            isinstance(meta, dict)
-            and isinstance(meta.get("liveupdate-number"), int)
-            and isinstance(meta.get("freeze-start"), int)
-            and isinstance(meta.get("phases"), list)
-        ):
-            raise ValueError("missing fields")
-        phases = [PhaseStats.from_wire(wire) for wire in meta["phases"]]
-        if not phases or phases[-1].phase != "kexec":
-            raise ValueError("phases do not end with kexec")
-    except Exception as exc:
-        raise HandoffError(f"handoff meta record is malformed: {exc}") from None
-    return meta

@@ -1,0 +1,47 @@
+"""luo's own handoff record: the update count, when freeze began, and phase timings.
+
+Statistics cross kexec as data like everything else, so the next kernel can
+report the whole update, blackout included.
+"""
+
+from __future__ import annotations
+
+import cbor2
+
+from luo_core._errors import HandoffError
+from luo_core._stats import PhaseStats, UpdateStats
+from luo_core.serialization import HandoffRecord
+
+META_KEY = ("luo", "luo")
+META_COMPATIBLE = "luo-meta-v1"
+
+
+def write_meta(liveupdate_number: int, stats: UpdateStats) -> HandoffRecord:
+    """The meta record the old kernel adds to its handoff."""
+    assert stats.freeze_start_ns is not None
+    body = {
+        "liveupdate-number": liveupdate_number,
+        "freeze-start": stats.freeze_start_ns,
+        "phases": [p.to_wire() for p in stats.phases.values()],
+    }
+    return HandoffRecord(*META_KEY, META_COMPATIBLE, cbor2.dumps(body, canonical=True))
+
+
+def read_meta(record: HandoffRecord | None) -> tuple[int, UpdateStats]:
+    """The previous kernel's update count and statistics, or :class:`HandoffError`."""
+    if record is None or record.compatible != META_COMPATIBLE:
+        raise HandoffError(f"handoff has no {META_COMPATIBLE} record")
+    try:
+        body = cbor2.loads(record.data)
+        number, freeze_start = body["liveupdate-number"], body["freeze-start"]
+        if not (isinstance(number, int) and isinstance(freeze_start, int)):
+            raise TypeError("liveupdate-number and freeze-start must be integers")
+        stats = UpdateStats(freeze_start_ns=freeze_start)
+        for wire in body["phases"]:
+            phase = PhaseStats.from_wire(wire)
+            stats.phases[phase.phase] = phase
+        if list(stats.phases)[-1:] != ["kexec"]:
+            raise ValueError("the phases do not end with kexec")
+    except Exception as exc:
+        raise HandoffError(f"handoff meta record is malformed: {exc}") from None
+    return number, stats
