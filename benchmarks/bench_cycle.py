@@ -30,7 +30,9 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"{'devices':>8} {'workers':>8} " + " ".join(f"{p:>9}" for p in PHASES) + "  blackout ms")
+    print(
+        f"{'devices':>8} {'workers':>8} " + " ".join(f"{p:>9}" for p in PHASES) + "  blackout ms"
+    )
     for row in rows:
         per = " ".join(f"{row['per_device_us'][p]:>9.2f}" for p in PHASES)
         blackout = row["median_us"]["blackout"] / 1000

@@ -131,7 +131,9 @@ class BusOps:
 
     ``freeze`` runs after the driver's freeze, ``restore`` before the driver's
     restore, ``cancel`` before the driver's cancel (a bus keeps, say, bus
-    mastering on for a preserved device).
+    mastering on for a preserved device).  ``cancel`` also runs for devices
+    whose freeze never ran (a cancel from ``prepared``), so it must be a no-op
+    for them.
     """
 
     def freeze(self, dev: Device) -> None:

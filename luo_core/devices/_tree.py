@@ -198,8 +198,8 @@ class DeviceTree(Mapping[str, Device]):
             for node in needed:
                 reason = self.blocker(node)
                 if reason is not None:
-                    via = "" if node is dev else f": it depends on {node.name}, which"
-                    raise DeviceError(f"cannot request {name}{via} {reason}")
+                    subject = "it" if node is dev else f"it depends on {node.name}, which"
+                    raise DeviceError(f"cannot request {name}: {subject} {reason}")
             for node in needed:
                 node._requested = True
 
