@@ -113,7 +113,8 @@ class DeviceTree(Mapping[str, Device]):
         self._groups = dict(groups)
         for supplier, consumer in machine.links:
             self._add_link(self._devices[supplier], self._devices[consumer])
-        static_order(restore_graph(self._devices.values()))
+        if machine.links:  # a tree alone cannot have a cycle
+            static_order(restore_graph(self._devices.values()))
 
     def __getitem__(self, name: str) -> Device:
         try:
