@@ -53,9 +53,9 @@ def _as_tuple(plugins: Iterable[object]) -> tuple[object, ...]:
 class KernelConfig:
     """What a kernel image is made of: which packs it loads, how it schedules.
 
-    ``plugins`` are registered as the distribution ``local`` after installed
-    packs (``discover``).  ``workers > 1`` runs independent device subtrees
-    concurrently in freeze and restore.
+    ``plugins`` are registered after installed packs (``discover``), each as
+    the distribution ``local:<name>``.  ``workers > 1`` runs independent
+    device subtrees concurrently in every device phase.
     """
 
     plugins: tuple[object, ...] = attrs.field(default=(), converter=_as_tuple)
@@ -352,8 +352,10 @@ class Kernel:
 
         outcome = runner.run_graph(restore_graph(handed), restore, _index, stop_on_error=False)
         for dev, exc in outcome.failed:
+            dev.driver = None  # never leave a half-restored device bound
             log.error("restore_failed", device=dev.name, error=f"{type(exc).__name__}: {exc}")
         for dev in outcome.skipped:
+            dev.driver = None
             log.error("restore_skipped", device=dev.name, reason="a dependency failed to restore")
         stats.restore_end_ns = now_ns()
         self._finish_phase(runner, ok=not outcome.failed)
@@ -420,10 +422,17 @@ class Kernel:
         self._observe("luo_state_changed", kernel=self, old=old, new=new, event=event)
 
     def _observe(self, hook_name: str, **kwargs: Any) -> None:
-        try:
-            getattr(self.registry.hook, hook_name)(**kwargs)
-        except Exception as exc:
-            log.error("observer_failed", hook=hook_name, error=f"{type(exc).__name__}: {exc}")
+        """Call each observer on its own, so one that raises cannot silence the rest."""
+        for plugin, caller in self.registry.observers(hook_name):
+            try:
+                caller(**kwargs)
+            except Exception as exc:
+                log.error(
+                    "observer_failed",
+                    hook=hook_name,
+                    plugin=plugin,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
 
 
 def _prepare_subsystem(sub: Subsystem, data: dict[Key, bytes]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import types
 from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 from typing import Any, Literal, TypeVar
@@ -75,6 +76,22 @@ class PluginRegistry:
     @property
     def hook(self) -> Any:
         return self.pm.hook
+
+    def observers(self, hook_name: str) -> list[tuple[str, Callable[..., Any]]]:
+        """One caller per plugin implementing ``hook_name`` (wrappers included)."""
+        impls = getattr(self.pm.hook, hook_name).get_hookimpls()
+        if len(impls) <= 1:
+            return [(impl.plugin_name, getattr(self.pm.hook, hook_name)) for impl in impls]
+        plugins = [impl.plugin for impl in impls]
+        return [
+            (
+                impl.plugin_name,
+                self.pm.subset_hook_caller(
+                    hook_name, remove_plugins=[p for p in plugins if p is not impl.plugin]
+                ),
+            )
+            for impl in impls
+        ]
 
     # -- loading ---------------------------------------------------------
 
@@ -158,10 +175,16 @@ class PluginRegistry:
             _claim(self.buses, record.name, record, "bus")
         else:
             names = {d.name: d for d in self.drivers.values()}
-            if record.name in names and names[record.name].origin != record.origin:
+            if record.name in names:
                 _conflict("driver name", record.name, names[record.name], record)
             for compatible in record.compatible:
                 _claim(self.drivers, compatible, record, "compatible")
+
+
+def _plugin_name(plugin: object) -> str:
+    if isinstance(plugin, types.ModuleType):
+        return plugin.__name__
+    return type(plugin).__qualname__
 
 
 def _ep_key(ep: metadata.EntryPoint) -> tuple[str, str]:
@@ -197,7 +220,8 @@ def load_plugins(
 ) -> PluginRegistry:
     """Build a registry: luo's own plugin, installed packs, then ``plugins``.
 
-    Objects in ``plugins`` are registered as the distribution ``local``.
+    Each object in ``plugins`` is registered as the distribution
+    ``local:<class or module name>``.
     """
     registry = PluginRegistry()
     if builtin is not None:
@@ -205,6 +229,6 @@ def load_plugins(
     if discover:
         registry.discover()
     for plugin in plugins:
-        registry.add(plugin, PluginOrigin("local", "0"))
+        registry.add(plugin, PluginOrigin(f"local:{_plugin_name(plugin)}", "0"))
     registry.collect()
     return registry

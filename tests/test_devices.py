@@ -305,3 +305,25 @@ def test_devices_not_preserved_are_reset_at_kexec(journal: list[str]) -> None:
     assert m.devices["0000:02:00.0"].regs == {"enabled": 1}
     assert new.devices["0000:02:00.0"].driver_data == {"counter": 0, "paused": False}
     assert not new.devices["0000:02:00.0"].preserved
+
+
+def test_iommu_group_zero_is_a_group_like_any_other(journal: list[str]) -> None:
+    m = tree_host()
+    m.add_pci("0000:02:00.4", compatible=EXAMPLE_NIC, parent="0000:01:00.0", iommu_group=0)
+    m.add_pci("0000:02:00.5", compatible=EXAMPLE_NIC, parent="0000:01:00.0", iommu_group=0)
+    kernel = boot(m, journal)
+    with pytest.raises(DeviceError, match="shares IOMMU group 0"):
+        kernel.devices.request("0000:02:00.4")
+
+
+def test_linking_a_requested_consumer_requests_the_supplier(journal: list[str]) -> None:
+    m = tree_host()
+    m.add_pci("0000:00:1f.0", compatible="pci8086,7000", parent="pci0000:00")
+    kernel = boot(m, journal)
+    kernel.devices.request("0000:02:00.0")
+    kernel.devices.link("0000:03:00.0", "0000:02:00.0")
+    assert kernel.devices["0000:03:00.0"].requested
+    assert kernel.devices["0000:00:02.0"].requested
+    with pytest.raises(DeviceError, match=r"depends on 0000:00:1f\.0, which has no driver"):
+        kernel.devices.link("0000:00:1f.0", "0000:02:00.0")
+    assert kernel.devices["0000:02:00.0"].suppliers == [kernel.devices["0000:03:00.0"]]

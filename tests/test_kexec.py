@@ -126,3 +126,14 @@ def test_next_kernel_may_load_other_packs(journal: list[str]) -> None:
     assert new.handed_over("subsystem", "alpha") == b"alpha-state"  # nobody claims it
     assert other.live["beta"].booted == b"beta-state"
     assert other.live["gamma"].booted is None
+
+
+def test_a_device_that_fails_restore_is_left_unbound(journal: list[str]) -> None:
+    pack = JournalPack(journal)
+    old = Kernel.boot(default_host(), plugins=[pack], discover=False)
+    old.devices.request(NIC)
+    old.prepare()
+    pack.fail.add(f"restore:{NIC}")
+    new = old.kexec()
+    nic = new.devices[NIC]
+    assert (nic.preserved, nic.reclaimed, nic.driver, nic.driver_data) == (True, False, None, None)

@@ -8,22 +8,27 @@ from __future__ import annotations
 
 import errno
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
+from structlog.testing import capture_logs
 
 from luo_core import (
     BusyError,
+    DeviceDriver,
+    DeviceDriverOps,
     ExistsError,
     InvalidTransitionError,
     Kernel,
     KernelGoneError,
     Machine,
     NotFoundError,
+    PluginConflictError,
     State,
     Subsystem,
     SubsystemOps,
     TryAgainError,
+    hookimpl,
 )
 from luo_core._state import TRANSITIONS, Event, StateMachine
 from tests.journal import JournalPack
@@ -262,3 +267,40 @@ def _cancel_waiting(machine: StateMachine, order: list[str]) -> None:
     with machine.transition(Event.CANCEL, timeout=30) as target:
         machine.force(target)
         order.append("cancel")
+
+
+def test_a_failing_observer_does_not_silence_the_others(machine: Machine) -> None:
+    seen: list[str] = []
+
+    class Broken:
+        @hookimpl
+        def luo_phase_started(self, phase: str) -> None:
+            raise RuntimeError("observer bug")
+
+    class Watcher:
+        @hookimpl
+        def luo_phase_started(self, phase: str) -> None:
+            seen.append(phase)
+
+    kernel = Kernel.boot(machine, plugins=[Watcher(), Broken()], discover=False)
+    with capture_logs() as logs:
+        kernel.prepare()
+    assert seen == ["prepare"]
+    assert kernel.state is State.PREPARED
+    failures = [e for e in logs if e["event"] == "observer_failed"]
+    assert len(failures) == 1 and "observer bug" in failures[0]["error"]
+
+
+def test_two_local_plugins_with_one_driver_name_conflict(machine: Machine) -> None:
+    class One:
+        @hookimpl
+        def luo_device_drivers(self) -> Iterator[DeviceDriver]:
+            yield DeviceDriver(name="nic", compatible=["a,nic"], ops=DeviceDriverOps())
+
+    class Two:
+        @hookimpl
+        def luo_device_drivers(self) -> Iterator[DeviceDriver]:
+            yield DeviceDriver(name="nic", compatible=["b,nic"], ops=DeviceDriverOps())
+
+    with pytest.raises(PluginConflictError, match=r"local:.*One.*local:.*Two"):
+        Kernel.boot(machine, plugins=[One(), Two()], discover=False)

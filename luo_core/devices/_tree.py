@@ -136,16 +136,24 @@ class DeviceTree(Mapping[str, Device]):
 
     def iommu_group(self, dev: Device) -> list[Device]:
         """Every device sharing ``dev``'s IOMMU group (``dev`` included)."""
-        return list(self._groups.get(dev.iommu_group, [dev])) if dev.iommu_group else [dev]
+        if dev.iommu_group is None:
+            return [dev]
+        return list(self._groups[dev.iommu_group])
 
     # -- links -----------------------------------------------------------
 
     def link(self, supplier: str, consumer: str) -> None:
-        """Add a device link; one that would close a cycle is refused (``ELOOP``)."""
+        """Add a device link; one that would close a cycle is refused (``ELOOP``).
+
+        If ``consumer`` is requested, ``supplier`` (and what it depends on) is
+        requested too, or the link is refused as a request would be.
+        """
         with self._guard(f"link {supplier} -> {consumer}"):
             sup, con = self[supplier], self[consumer]
             if sup is con:
                 raise DeviceError(f"link {supplier} -> {consumer}: a device cannot supply itself")
+            needed = self.dependencies(sup) if con.requested else []
+            self._check_preservable(consumer, needed, via=True)
             self._add_link(sup, con)
             try:
                 static_order(restore_graph(self._devices.values()))
@@ -153,6 +161,8 @@ class DeviceTree(Mapping[str, Device]):
                 sup.consumers.remove(con)
                 con.suppliers.remove(sup)
                 raise
+            for node in needed:
+                node._requested = True
 
     def _add_link(self, supplier: Device, consumer: Device) -> None:
         supplier.consumers.append(consumer)
@@ -196,13 +206,16 @@ class DeviceTree(Mapping[str, Device]):
         with self._guard(f"request {name}"):
             dev = self[name]
             needed = self.dependencies(dev)
-            for node in needed:
-                reason = self.blocker(node)
-                if reason is not None:
-                    subject = "it" if node is dev else f"it depends on {node.name}, which"
-                    raise DeviceError(f"cannot request {name}: {subject} {reason}")
+            self._check_preservable(name, needed, via=False)
             for node in needed:
                 node._requested = True
+
+    def _check_preservable(self, name: str, needed: list[Device], *, via: bool) -> None:
+        for node in needed:
+            reason = self.blocker(node)
+            if reason is not None:
+                subject = f"it depends on {node.name}, which" if via or node.name != name else "it"
+                raise DeviceError(f"cannot request {name}: {subject} {reason}")
 
     def release(self, name: str) -> None:
         """Clear ``requested``; refused (``EBUSY``) while a requested child or
