@@ -2,7 +2,11 @@
 
 Registration hooks (``luo_subsystems``, ``luo_device_drivers``, ``luo_buses``)
 are called once per kernel boot and yield frozen records; the registry stamps
-each record with the distribution it came from.  Observer hooks
+each record with the distribution it came from.  They may take ``kernel``:
+the kernel being booted (its ``memory``, ``mm`` and ``kho`` are ready; its
+devices are not yet), or ``None`` when packs are only listed (``luo drivers``,
+``luo manifest``).  Ops objects that need the kernel keep it: they live and
+die with it.  Observer hooks
 (``luo_state_changed``, ``luo_phase_started``, ``luo_phase_finished``) are
 called for every plugin that implements them, may be ``wrapper=True``, and
 never affect the update: an exception in an observer is logged and ignored.
@@ -31,7 +35,7 @@ class LuoSpec:
     """Hook specifications of project ``luo`` (version history: all new in 0.1)."""
 
     @hookspec
-    def luo_subsystems(self) -> Iterable[Subsystem]:  # type: ignore[empty-body]
+    def luo_subsystems(self, kernel: Kernel | None) -> Iterable[Subsystem]:  # type: ignore[empty-body]
         """Register subsystem participants (``liveupdate_register_subsystem``).
 
         Called once per kernel boot, every implementation's results are kept.
@@ -60,7 +64,7 @@ class LuoSpec:
         """
 
     @hookspec
-    def luo_device_drivers(self) -> Iterable[DeviceDriver]:  # type: ignore[empty-body]
+    def luo_device_drivers(self, kernel: Kernel | None) -> Iterable[DeviceDriver]:  # type: ignore[empty-body]
         """Register device drivers, bound to devices by their ``compatible`` table.
 
         Called once per kernel boot, every implementation's results are kept.
@@ -92,7 +96,7 @@ class LuoSpec:
         """
 
     @hookspec
-    def luo_buses(self) -> Iterable[Bus]:  # type: ignore[empty-body]
+    def luo_buses(self, kernel: Kernel | None) -> Iterable[Bus]:  # type: ignore[empty-body]
         """Register bus types.  luo itself registers ``platform`` and ``pci``.
 
         Called once per kernel boot.  A device can only be preserved if its

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 import types
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from importlib import metadata
 from typing import Any, Literal, TypeVar
 
@@ -137,7 +137,7 @@ class PluginRegistry:
 
     # -- collecting records ----------------------------------------------
 
-    def collect(self) -> None:
+    def collect(self, kernel: object | None = None) -> None:
         """Call the registration hooks and index their records (conflicts raise)."""
         by_plugin: dict[str, list[Record]] = {name: [] for name in self._origins}
         failed: set[str] = set()
@@ -152,7 +152,7 @@ class PluginRegistry:
                     continue
                 origin = self._origins[impl.plugin_name]
                 try:
-                    records = list(_records_of(impl.function, kind, hook_name))
+                    records = list(_records_of(impl, kernel, kind, hook_name))
                 except Exception as exc:
                     failed.add(impl.plugin_name)
                     self._fail(origin, f"{hook_name}: {type(exc).__name__}: {exc}")
@@ -192,11 +192,13 @@ def _ep_key(ep: metadata.EntryPoint) -> tuple[str, str]:
 
 
 def _records_of(
-    function: Callable[[], Any], kind: type[Record], hook_name: str
+    impl: pluggy.HookImpl, kernel: object | None, kind: type[Record], hook_name: str
 ) -> Iterator[Record]:
-    result = function()
+    result = impl.function(**({"kernel": kernel} if "kernel" in impl.argnames else {}))
     if result is None:
         return
+    if not isinstance(result, Iterable):
+        raise PluginError(f"{hook_name} returned {result!r}, expected an iterable of records")
     for record in result:
         if not isinstance(record, kind):
             raise PluginError(f"{hook_name} yielded {record!r}, expected a {kind.__name__}")
@@ -216,7 +218,11 @@ def _conflict(what: str, key: str, first: Record, second: Record) -> None:
 
 
 def load_plugins(
-    plugins: Sequence[object] = (), *, discover: bool = True, builtin: object | None = None
+    plugins: Sequence[object] = (),
+    *,
+    discover: bool = True,
+    builtin: object | None = None,
+    kernel: object | None = None,
 ) -> PluginRegistry:
     """Build a registry: luo's own plugin, installed packs, then ``plugins``.
 
@@ -230,5 +236,5 @@ def load_plugins(
         registry.discover()
     for plugin in plugins:
         registry.add(plugin, PluginOrigin(f"local:{_plugin_name(plugin)}", "0"))
-    registry.collect()
+    registry.collect(kernel)
     return registry

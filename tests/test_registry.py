@@ -433,7 +433,7 @@ def luo_device_drivers():
         pytest.param(
             BAD_SUBSYSTEMS,
             "return 42",
-            ["luo_subsystems", "TypeError"],
+            ["luo_subsystems", "returned 42", "expected an iterable"],
             id="subsystems-returns-int",
         ),
         pytest.param(
