@@ -17,9 +17,17 @@ import structlog
 from luo_core._errors import (
     CallbackError,
     ExistsError,
+    HandoffError,
     InvalidTransitionError,
     KernelGoneError,
     NotFoundError,
+)
+from luo_core._handover import (
+    boot_allocator,
+    claim_memory,
+    kho_owned,
+    publish,
+    read_records,
 )
 from luo_core._hookspecs import PROJECT
 from luo_core._meta import META_KEY, read_meta, write_meta
@@ -39,8 +47,9 @@ from luo_core._registry import PluginRegistry, load_plugins
 from luo_core._state import REGISTRATION_STATES, Event, State, StateMachine
 from luo_core._stats import UpdateStats, now_ns
 from luo_core.devices import Device, DeviceTree, _builtin, freeze_graph, restore_graph
+from luo_core.kho import KexecHandover, MemRange, read_root
 from luo_core.platform import Machine
-from luo_core.serialization import HandoffRecord, decode_handoff, encode_handoff
+from luo_core.serialization import HandoffRecord
 
 log = structlog.get_logger(PROJECT)
 
@@ -66,32 +75,44 @@ class KernelConfig:
 class Kernel:
     """One boot of the host.  Build one with :meth:`Kernel.boot`."""
 
-    def __init__(self, machine: Machine, config: KernelConfig, handoff: bytes | None) -> None:
-        incoming = decode_handoff(handoff) if handoff is not None else {}
-        meta = read_meta(incoming.pop(META_KEY, None)) if handoff is not None else None
+    def __init__(
+        self, machine: Machine, config: KernelConfig, kho_root: int | None = None
+    ) -> None:
         self.machine = machine
         self.config = config
-        self.handoff = handoff
-        """The handoff bytes this kernel booted from (``None`` on a cold boot)."""
+        self.kho_root = kho_root
+        """Physical address of the KHO root this kernel booted from (``None``: cold boot)."""
+        self.memory = machine.memory
+        scratch = MemRange(*machine.scratch)
+        self.mm = boot_allocator(self.memory)
+        """This kernel's page allocator: all memory but scratch and preserved ranges."""
+        handed = read_root(self.memory, kho_root) if kho_root is not None else None
+        claim_memory(self.mm, scratch, handed)
+        self.kho = KexecHandover(self.memory, self.mm, scratch)
+        """Where participants preserve memory and where their records go."""
         self.registry: PluginRegistry = load_plugins(
-            config.plugins, discover=config.discover, builtin=_builtin
+            config.plugins, discover=config.discover, builtin=_builtin, kernel=self
         )
+        self._handed = handed
+        incoming, corrupted = read_records(self.memory, handed) if handed else ({}, set())
+        meta = read_meta(incoming.pop(META_KEY, None)) if handed is not None else None
         self._sm = StateMachine(State.UPDATED if meta else State.NORMAL)
         self._gone = False
         self._subsystems: dict[str, Subsystem] = dict(self.registry.subsystems)
         self._data: dict[Key, bytes] = {}
         self._compatibles: dict[Key, str] = {}
         self._prepared: list[Key] = []
+        self._published: dict[Key, bytes] = {}
         self._steps = DeviceSteps(self.registry.buses, self._data)
         self.devices = DeviceTree(machine, self.registry.drivers, self.registry.buses, self._guard)
         self.stats: UpdateStats | None = None
         """Timings of the current (or last) live update; ``None`` before any."""
-        self.liveupdate_number = 0
-        """How many live updates led to this kernel."""
+        self.liveupdate_number = handed.liveupdate_number if handed is not None else 0
+        """How many live updates led to this kernel (the root's ``liveupdate-number``)."""
         if meta is None:
             self._probe(self.devices.devices())
         else:
-            self._boot_updated(meta, incoming)
+            self._boot_updated(meta, incoming, corrupted)
 
     @classmethod
     def boot(
@@ -103,7 +124,7 @@ class Kernel:
         workers: int = 1,
     ) -> Kernel:
         """Cold-boot a kernel on ``machine`` (state ``normal``)."""
-        return cls(machine, KernelConfig(plugins, discover, workers), None)
+        return cls(machine, KernelConfig(plugins, discover, workers))
 
     @property
     def state(self) -> State:
@@ -156,6 +177,7 @@ class Kernel:
             self._prepared.clear()
             self._compatibles.clear()
             self._run_event(Event.PREPARE, self._steps.prepare, _prepare_subsystem)
+            self._publish()
             self._commit(Event.PREPARE, target)
 
     def freeze(self, timeout: float | None = None) -> None:
@@ -169,6 +191,7 @@ class Kernel:
             assert self.stats is not None
             self.stats.freeze_start_ns = now_ns()
             self._run_event(Event.FREEZE, self._steps.freeze, self._freeze_subsystem)
+            self._publish()
             self._commit(Event.FREEZE, target)
 
     def cancel(self, timeout: float | None = None) -> None:
@@ -203,6 +226,10 @@ class Kernel:
             for dev in handed:
                 dev._preserved = dev._reclaimed = False
             self._data.clear()
+            if self._handed is not None:  # the root and node blobs are no longer needed
+                for area in kho_owned(self._handed):
+                    self.mm.release(area.start, area.size)
+                self._handed = None
             self._finish_phase(runner, ok=True)
             self._commit(Event.FINISH, target)
 
@@ -229,17 +256,12 @@ class Kernel:
                     if dev.driver is not None:
                         runner.call_quietly(label(device_key(dev)), _shutdown, dev)
                     dev.hw.reset()
-            records = [
-                HandoffRecord(
-                    kind, name, self._compatibles[(kind, name)], self._data[(kind, name)]
-                )
-                for kind, name in self._prepared
-            ]
             self.stats.phases["kexec"] = runner.stats  # the next kernel closes it
-            records.append(write_meta(self.liveupdate_number, self.stats))
-            blob = encode_handoff(records)
+            meta = write_meta(self.stats)
+            publish(self.kho, META_KEY, meta.compatible, meta.data)
+            root = self.kho.finalize(self.liveupdate_number + 1)
             self._die()
-        return Kernel(self.machine, config or self.config, blob)
+        return Kernel(self.machine, config or self.config, root.phys)
 
     # -- the phases --------------------------------------------------------
 
@@ -289,6 +311,14 @@ class Kernel:
             raise CallbackError(label(key), phase, error) from error
         self._finish_phase(runner, ok=True)
 
+    def _publish(self) -> None:
+        """Write every record that changed since it was last written into KHO."""
+        for key in self._prepared:
+            data = self._data[key]
+            if self._published.get(key) is not data:
+                publish(self.kho, key, self._compatibles[key], data)
+                self._published[key] = data
+
     def _participants(self) -> list[Key]:
         if self.state is State.NORMAL:
             return [device_key(d) for d in self.devices.requested()]
@@ -307,18 +337,18 @@ class Kernel:
         self._data.clear()
         self._prepared.clear()
         self._compatibles.clear()
+        self._published.clear()
+        self.kho.clear()
 
     def _freeze_subsystem(self, sub: Subsystem, data: dict[Key, bytes]) -> None:
         key = subsystem_key(sub)
         data[key] = checked_bytes(sub.ops.freeze(data[key]), f"{sub.name}.freeze")
 
     def _boot_updated(
-        self, meta: tuple[int, UpdateStats], incoming: dict[Key, HandoffRecord]
+        self, stats: UpdateStats, incoming: dict[Key, HandoffRecord], corrupted: set[Key]
     ) -> None:
         """Next-kernel boot: subsystems get ``boot``, preserved devices get
         ``restore`` (parents first); the rest are probed afresh."""
-        number, stats = meta
-        self.liveupdate_number = number + 1
         self.stats = stats
         kexec = stats.phases["kexec"]
         kexec.end_ns = now_ns()
@@ -331,23 +361,21 @@ class Kernel:
             if found is not None:
                 runner.call_quietly(label(found.key), sub.ops.boot, found.data)
         handed: list[Device] = []
-        for record in incoming.values():
-            if record.kind != DEVICE:
+        for kind, name in sorted({*incoming, *corrupted}):
+            if kind != DEVICE:
                 continue
-            if record.name not in self.devices:
-                log.error("handed_over_device_missing", device=record.name)
+            if name not in self.devices:
+                log.error("handed_over_device_missing", device=name)
                 continue
-            dev = self.devices[record.name]
+            dev = self.devices[name]
             dev._preserved = True
             handed.append(dev)
 
         def restore(dev: Device) -> None:
-            runner.call(
-                label(device_key(dev)),
-                self._steps.restore,
-                dev,
-                incoming[device_key(dev)].compatible,
-            )
+            record = incoming.get(device_key(dev))
+            if record is None:
+                raise HandoffError(f"the handoff record of {dev.name} is corrupted")
+            runner.call(label(device_key(dev)), self._steps.restore, dev, record.compatible)
             dev._reclaimed = True
 
         outcome = runner.run_graph(restore_graph(handed), restore, _index, stop_on_error=False)

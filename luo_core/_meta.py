@@ -1,4 +1,4 @@
-"""luo's own handoff record: the update count, when freeze began, and phase timings.
+"""luo's own handoff record: when freeze began, and the timings of every phase so far.
 
 Statistics cross kexec as data like everything else, so the next kernel can
 report the whole update, blackout included.
@@ -12,30 +12,29 @@ from luo_core._errors import HandoffError
 from luo_core._stats import PhaseStats, UpdateStats
 from luo_core.serialization import HandoffRecord
 
-META_KEY = ("luo", "luo")
+META_KEY = ("luo", "meta")
 META_COMPATIBLE = "luo-meta-v1"
 
 
-def write_meta(liveupdate_number: int, stats: UpdateStats) -> HandoffRecord:
+def write_meta(stats: UpdateStats) -> HandoffRecord:
     """The meta record the old kernel adds to its handoff."""
     assert stats.freeze_start_ns is not None
     body = {
-        "liveupdate-number": liveupdate_number,
         "freeze-start": stats.freeze_start_ns,
         "phases": [p.to_wire() for p in stats.phases.values()],
     }
     return HandoffRecord(*META_KEY, META_COMPATIBLE, cbor2.dumps(body, canonical=True))
 
 
-def read_meta(record: HandoffRecord | None) -> tuple[int, UpdateStats]:
-    """The previous kernel's update count and statistics, or :class:`HandoffError`."""
+def read_meta(record: HandoffRecord | None) -> UpdateStats:
+    """The previous kernel's statistics, or :class:`HandoffError`."""
     if record is None or record.compatible != META_COMPATIBLE:
         raise HandoffError(f"handoff has no {META_COMPATIBLE} record")
     try:
         body = cbor2.loads(record.data)
-        number, freeze_start = body["liveupdate-number"], body["freeze-start"]
-        if not (isinstance(number, int) and isinstance(freeze_start, int)):
-            raise TypeError("liveupdate-number and freeze-start must be integers")
+        freeze_start = body["freeze-start"]
+        if not isinstance(freeze_start, int):
+            raise TypeError("freeze-start must be an integer")
         stats = UpdateStats(freeze_start_ns=freeze_start)
         for wire in body["phases"]:
             phase = PhaseStats.from_wire(wire)
@@ -44,4 +43,4 @@ def read_meta(record: HandoffRecord | None) -> tuple[int, UpdateStats]:
             raise ValueError("the phases do not end with kexec")
     except Exception as exc:
         raise HandoffError(f"handoff meta record is malformed: {exc}") from None
-    return number, stats
+    return stats

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from structlog.testing import capture_logs
 
 from luo_core import HandoffError, Kernel, KernelConfig, State
-from luo_core.platform import default_host
-from luo_core.serialization import decode_handoff
+from luo_core.kho import read_root
+from luo_core.platform import PhysicalMemory, default_host
 from tests.journal import JournalPack
 
 NIC = "0000:01:00.0"
@@ -43,26 +44,30 @@ def test_no_python_object_survives(journal: list[str]) -> None:
     assert old_nic is not new_nic
     assert old_nic.driver_data is None and old_nic.driver is None
     assert new.registry is not old.registry
-    # The handoff is bytes, and booting from those bytes alone gives the same result.
-    assert isinstance(new.handoff, bytes)
-    again = Kernel(new.machine, KernelConfig(new.config.plugins, discover=False), new.handoff)
+    # Only the root's physical address is passed on; booting from it alone
+    # (over the same memory) gives the same result.
+    assert isinstance(new.kho_root, int)
+    again = Kernel(new.machine, KernelConfig(new.config.plugins, discover=False), new.kho_root)
     assert again.devices[NIC].driver_data == {"counter": 41, "paused": False}
 
 
-def test_handoff_holds_one_record_per_participant(journal: list[str]) -> None:
+def test_handoff_holds_one_node_per_participant(journal: list[str]) -> None:
     _, new, _ = updated(journal)
-    assert new.handoff is not None
-    records = decode_handoff(new.handoff)
-    assert set(records) == {
-        ("device", "pci0000:00"),
-        ("device", "0000:00:01.0"),
-        ("device", NIC),
-        ("subsystem", "alpha"),
-        ("subsystem", "beta"),
-        ("luo", "luo"),
+    assert new.kho_root is not None
+    handed = read_root(new.memory, new.kho_root)
+    assert set(handed.nodes) == {
+        "device:pci0000:00",
+        "device:0000:00:01.0",
+        f"device:{NIC}",
+        "subsystem:alpha",
+        "subsystem:beta",
+        "luo:meta",
     }
-    assert records[("device", NIC)].compatible == "journal-nic"
-    assert records[("device", NIC)].data == b"41"
+    assert handed.nodes[f"device:{NIC}"].compatible == "journal-nic"
+    assert handed.read(new.memory, f"device:{NIC}") == b"41"
+    assert handed.liveupdate_number == new.liveupdate_number == 1
+    for node in handed.nodes.values():  # every blob lies in memory the new kernel reserved
+        assert not new.mm.is_free(node.phys, max(node.length, 1))
 
 
 def test_stats_cover_every_phase_across_both_kernels(journal: list[str]) -> None:
@@ -98,23 +103,42 @@ def test_chrome_trace_has_phases_callbacks_and_blackout(journal: list[str]) -> N
     assert all(e["ph"] == "X" and e["dur"] >= 0 and e["ts"] >= 0 for e in events)
 
 
+def corrupt(memory: PhysicalMemory, phys: int, offset: int) -> None:
+    byte = memory.read(phys + offset, 1)[0]
+    memory.write(phys + offset, bytes([byte ^ 0x40]))
+
+
 @pytest.mark.parametrize(
-    ("mutate", "message"),
-    [
-        (lambda b: b[:10], "truncated"),
-        (lambda b: b"XXXX" + b[4:], "magic"),
-        (lambda b: b[:-1] + bytes([b[-1] ^ 1]), "checksum"),
-        (lambda b: b[:20] + bytes([b[20] ^ 0x40]) + b[21:], "checksum"),
-        (lambda b: b + b"\0", "length"),
-    ],
+    ("offset", "message"), [(0, "magic"), (4, "format"), (8, "exceeds|checksum"), (20, "checksum")]
 )
-def test_corrupted_handoff_is_refused_with_a_typed_error(
-    journal: list[str], mutate: object, message: str
+def test_corrupted_root_is_refused_with_a_typed_error(
+    journal: list[str], offset: int, message: str
 ) -> None:
     _, new, _ = updated(journal)
-    assert new.handoff is not None and callable(mutate)
+    assert new.kho_root is not None
+    corrupt(new.memory, new.kho_root, offset)
     with pytest.raises(HandoffError, match=message):
-        Kernel(new.machine, new.config, mutate(new.handoff))
+        Kernel(new.machine, new.config, new.kho_root)
+
+
+@pytest.mark.parametrize("root", [4096 * 5000, 1 << 40, -4096])
+def test_a_root_address_pointing_anywhere_else_is_refused(journal: list[str], root: int) -> None:
+    _, new, _ = updated(journal)
+    with pytest.raises(HandoffError):
+        Kernel(new.machine, new.config, root)
+
+
+def test_a_corrupted_node_fails_only_its_participant(journal: list[str]) -> None:
+    _, new, _ = updated(journal)
+    assert new.kho_root is not None
+    node = read_root(new.memory, new.kho_root).nodes[f"device:{NIC}"]
+    corrupt(new.memory, node.phys, 0)
+    with capture_logs() as logs:
+        again = Kernel(new.machine, new.config, new.kho_root)
+    nic = again.devices[NIC]
+    assert (nic.preserved, nic.reclaimed, nic.driver) == (True, False, None)
+    assert again.devices["0000:00:01.0"].reclaimed
+    assert any(e["event"] == "handoff_node_corrupted" for e in logs)
 
 
 def test_next_kernel_may_load_other_packs(journal: list[str]) -> None:

@@ -2,6 +2,7 @@
 
 from luo_core.platform._hosts import EXAMPLE_NIC, HOST_BRIDGE, PCI_BRIDGE, default_host, flat_host
 from luo_core.platform._machine import HardwareDevice, Machine, MachineError
+from luo_core.platform._memory import PhysicalMemory, PhysicalMemoryError
 
 __all__ = [
     "EXAMPLE_NIC",
@@ -10,6 +11,8 @@ __all__ = [
     "HardwareDevice",
     "Machine",
     "MachineError",
+    "PhysicalMemory",
+    "PhysicalMemoryError",
     "default_host",
     "flat_host",
 ]

@@ -13,6 +13,8 @@ import re
 
 import attrs
 
+from luo_core.platform._memory import PhysicalMemory
+
 _BDF = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$")
 
 
@@ -40,11 +42,42 @@ class HardwareDevice:
 
 @attrs.define(eq=False)
 class Machine:
-    """A host's hardware, described once and kept across kexec."""
+    """A host's hardware, described once and kept across kexec.
+
+    ``memory_size`` bytes of sparse physical memory (untouched pages cost
+    nothing, so 64 GiB is fine); the first ``scratch_size`` bytes are the KHO
+    scratch area, which no kernel ever preserves, so that the next kernel can
+    boot from it before it knows what else is taken.
+    """
 
     devices: dict[str, HardwareDevice] = attrs.field(factory=dict)
     links: list[tuple[str, str]] = attrs.field(factory=list)
+    memory_size: int = 1 << 30
+    scratch_size: int = 16 << 20
     _groups: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1), repr=False)
+    _memory: PhysicalMemory | None = attrs.field(default=None, repr=False)
+
+    @property
+    def memory(self) -> PhysicalMemory:
+        """The physical memory, mapped on first use."""
+        if self._memory is None:
+            if not 0 < self.scratch_size < self.memory_size:
+                raise MachineError(
+                    f"scratch area of {self.scratch_size} bytes does not fit in "
+                    f"{self.memory_size} bytes of memory"
+                )
+            self._memory = PhysicalMemory(self.memory_size)
+        return self._memory
+
+    @property
+    def scratch(self) -> tuple[int, int]:
+        """The scratch area as ``(phys, size)``."""
+        return (0, self.scratch_size)
+
+    def close(self) -> None:
+        """Unmap the physical memory (the machine is switched off)."""
+        if self._memory is not None:
+            self._memory.close()
 
     def add(
         self,

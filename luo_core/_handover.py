@@ -1,0 +1,84 @@
+"""Where a kernel's memory comes from, and how participants' records cross kexec.
+
+A kernel boots with nothing allocatable; it reads the previous kernel's KHO
+root (which needs no allocation), then takes every page that is neither
+preserved nor in the scratch area.  The scratch area is never preserved and
+never handed out: it is where a real kernel keeps its early-boot allocations,
+so a preserved page can never be overwritten by the kernel that inherits it.
+
+Participants' records are KHO nodes named ``kind:name``, written during
+prepare (and rewritten by freeze only when they changed), so kexec itself has
+only the root left to write.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import structlog
+
+from luo_core._errors import HandoffError
+from luo_core._participants import Key
+from luo_core.kho import HandedOver, KexecHandover, MemRange
+from luo_core.memory import PageAllocator
+from luo_core.platform import PhysicalMemory
+from luo_core.serialization import HandoffRecord
+
+log = structlog.get_logger("luo")
+
+
+def node_name(key: Key) -> str:
+    return f"{key[0]}:{key[1]}"
+
+
+def boot_allocator(memory: PhysicalMemory) -> PageAllocator:
+    """The allocator of a kernel that has not yet read the handoff: nothing free."""
+    return PageAllocator(memory.size, page_size=memory.PAGE_SIZE, free=[])
+
+
+def claim_memory(allocator: PageAllocator, scratch: MemRange, handed: HandedOver | None) -> None:
+    """Take all memory but the scratch area and what the previous kernel preserved."""
+    taken = sorted([scratch, *(handed.preserved if handed else ())])
+    for a, b in itertools.pairwise(taken):
+        if a.overlaps(b):
+            raise HandoffError(f"preserved range {b} overlaps {a}")
+    cursor = 0
+    for area in taken:
+        if area.start > cursor:
+            allocator.release(cursor, area.start - cursor)
+        cursor = max(cursor, area.end)
+    if cursor < allocator.size:
+        allocator.release(cursor, allocator.size - cursor)
+
+
+def read_records(
+    memory: PhysicalMemory, handed: HandedOver
+) -> tuple[dict[Key, HandoffRecord], set[Key]]:
+    """Every node of the handoff as a record, and the keys of corrupted nodes
+    (logged; their participants cannot be restored)."""
+    records: dict[Key, HandoffRecord] = {}
+    corrupted: set[Key] = set()
+    for name, node in handed.nodes.items():
+        kind, _, participant = name.partition(":")
+        try:
+            blob = handed.read(memory, name)
+        except HandoffError as exc:
+            log.error("handoff_node_corrupted", node=name, error=str(exc))
+            corrupted.add((kind, participant))
+            continue
+        records[(kind, participant)] = HandoffRecord(kind, participant, node.compatible, blob)
+    return records, corrupted
+
+
+def publish(kho: KexecHandover, key: Key, compatible: str, data: bytes) -> None:
+    """Write (or rewrite) one participant's record as a KHO node."""
+    name = node_name(key)
+    if name in kho.nodes:
+        kho.remove_node(name)
+    kho.add_node(name, compatible, data)
+
+
+def kho_owned(handed: HandedOver) -> list[MemRange]:
+    """Preserved ranges holding the root or node blobs (the rest are participants')."""
+    spans = [handed.root] + [MemRange(n.phys, max(n.length, 1)) for n in handed.nodes.values()]
+    return [r for r in handed.preserved if any(r.overlaps(s) for s in spans)]
