@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 
+import attrs
 import structlog
 
 from luo_core._errors import HandoffError
@@ -22,9 +23,22 @@ from luo_core._participants import Key
 from luo_core.kho import HandedOver, KexecHandover, MemRange
 from luo_core.memory import PageAllocator
 from luo_core.platform import PhysicalMemory
-from luo_core.serialization import HandoffRecord
 
 log = structlog.get_logger("luo")
+
+
+@attrs.frozen
+class HandoffRecord:
+    """One KHO node as the next kernel reads it: whose, and its sealed bytes."""
+
+    kind: str
+    name: str
+    compatible: str
+    data: bytes
+
+    @property
+    def key(self) -> Key:
+        return (self.kind, self.name)
 
 
 def node_name(key: Key) -> str:

@@ -23,6 +23,7 @@ from luo_core._errors import (
     NotFoundError,
 )
 from luo_core._handover import (
+    HandoffRecord,
     boot_allocator,
     claim_memory,
     kho_owned,
@@ -34,14 +35,14 @@ from luo_core._meta import META_KEY, read_meta, write_meta
 from luo_core._orchestrator import PhaseRunner
 from luo_core._participants import (
     DEVICE,
-    SUBSYSTEM,
     DeviceSteps,
     Key,
-    checked_bytes,
+    SubsystemSteps,
     device_key,
     label,
     subsystem_key,
 )
+from luo_core._preserved import Preserved
 from luo_core._records import Subsystem
 from luo_core._registry import PluginRegistry, load_plugins
 from luo_core._state import REGISTRATION_STATES, Event, State, StateMachine
@@ -49,7 +50,7 @@ from luo_core._stats import UpdateStats, now_ns
 from luo_core.devices import Device, DeviceTree, _builtin, freeze_graph, restore_graph
 from luo_core.kho import KexecHandover, MemRange, read_root
 from luo_core.platform import Machine
-from luo_core.serialization import HandoffRecord
+from luo_core.serialization import unseal
 
 log = structlog.get_logger(PROJECT)
 
@@ -99,11 +100,12 @@ class Kernel:
         self._sm = StateMachine(State.UPDATED if meta else State.NORMAL)
         self._gone = False
         self._subsystems: dict[str, Subsystem] = dict(self.registry.subsystems)
-        self._data: dict[Key, bytes] = {}
-        self._compatibles: dict[Key, str] = {}
+        self._preserved = Preserved()
+        self._incoming: dict[Key, HandoffRecord] = {}
         self._prepared: list[Key] = []
         self._published: dict[Key, bytes] = {}
-        self._steps = DeviceSteps(self.registry.buses, self._data)
+        self._steps = DeviceSteps(self.registry.buses, self._preserved)
+        self._sub_steps = SubsystemSteps(self._preserved)
         self.devices = DeviceTree(machine, self.registry.drivers, self.registry.buses, self._guard)
         self.stats: UpdateStats | None = None
         """Timings of the current (or last) live update; ``None`` before any."""
@@ -135,9 +137,17 @@ class Kernel:
         """Registered subsystem participants, in registration order."""
         return dict(self._subsystems)
 
-    def handed_over(self, kind: str, name: str) -> bytes | None:
-        """The bytes the previous kernel preserved for a participant (or None)."""
-        return self._data.get((kind, name)) if self.state is State.UPDATED else None
+    def handed_over(self, kind: str, name: str) -> object | None:
+        """What the previous kernel preserved for a participant, until ``finish``:
+        the decoded value once its participant took it back, else the record's
+        raw payload (``None`` if there is none)."""
+        key = (kind, name)
+        if self.state is not State.UPDATED:
+            return None
+        if key in self._preserved.values:
+            return self._preserved.values[key]
+        record = self._incoming.get(key)
+        return unseal(record.data).payload if record is not None else None
 
     # -- participants ------------------------------------------------------
 
@@ -150,10 +160,11 @@ class Kernel:
             if subsystem.name in self._subsystems:
                 raise ExistsError(f"subsystem {subsystem.name!r} is already registered")
             self._subsystems[subsystem.name] = subsystem
-            data = self.handed_over(SUBSYSTEM, subsystem.name)
-            if data is not None:
+            record = self._incoming.get(subsystem_key(subsystem))
+            if self.state is State.UPDATED and record is not None:
                 runner = PhaseRunner("restore")
-                runner.call_quietly(label(subsystem_key(subsystem)), subsystem.ops.boot, data)
+                key = label(subsystem_key(subsystem))
+                runner.call_quietly(key, self._sub_steps.boot, subsystem, record.data)
 
     def unregister_subsystem(self, name: str, timeout: float | None = None) -> None:
         """Remove a participant; ``ENOENT`` if unknown, ``EBUSY`` mid-update."""
@@ -173,10 +184,9 @@ class Kernel:
         self._alive()
         with self._sm.transition(Event.PREPARE, timeout) as target:
             self.stats = UpdateStats()
-            self._data.clear()
+            self._preserved.clear()
             self._prepared.clear()
-            self._compatibles.clear()
-            self._run_event(Event.PREPARE, self._steps.prepare, _prepare_subsystem)
+            self._run_event(Event.PREPARE, self._steps.prepare, self._sub_steps.prepare)
             self._publish()
             self._commit(Event.PREPARE, target)
 
@@ -190,7 +200,7 @@ class Kernel:
         with self._sm.transition(Event.FREEZE, timeout) as target:
             assert self.stats is not None
             self.stats.freeze_start_ns = now_ns()
-            self._run_event(Event.FREEZE, self._steps.freeze, self._freeze_subsystem)
+            self._run_event(Event.FREEZE, self._steps.freeze, self._sub_steps.freeze)
             self._publish()
             self._commit(Event.FREEZE, target)
 
@@ -221,11 +231,11 @@ class Kernel:
                 stop_on_error=False,
             )
             for sub in self._subsystems.values():
-                data = self._data.get(subsystem_key(sub))
-                runner.call_quietly(label(subsystem_key(sub)), sub.ops.finish, data)
+                runner.call_quietly(label(subsystem_key(sub)), self._sub_steps.finish, sub)
             for dev in handed:
                 dev._preserved = dev._reclaimed = False
-            self._data.clear()
+            self._preserved.clear()
+            self._incoming.clear()
             if self._handed is not None:  # the root and node blobs are no longer needed
                 for area in kho_owned(self._handed):
                     self.mm.release(area.start, area.size)
@@ -269,7 +279,7 @@ class Kernel:
         self,
         event: Event,
         device_step: Callable[[Device], None],
-        subsystem_step: Callable[[Subsystem, dict[Key, bytes]], None],
+        subsystem_step: Callable[[Subsystem], None],
     ) -> None:
         """Run prepare or freeze: devices deepest first, then subsystems in
         registration order; on the first failure roll back and raise."""
@@ -285,19 +295,16 @@ class Kernel:
         failures: list[tuple[Key, Exception]] = [(device_key(d), e) for d, e in outcome.failed]
         if event is Event.PREPARE:
             self._prepared.extend(device_key(d) for d in outcome.succeeded)
-            for d in outcome.succeeded:
-                self._compatibles[device_key(d)] = _driver(d)
         if not failures:
             for sub in self._subsystems.values():
                 key = subsystem_key(sub)
                 try:
-                    runner.call(label(key), subsystem_step, sub, self._data)
+                    runner.call(label(key), subsystem_step, sub)
                 except Exception as exc:
                     failures.append((key, exc))
                     break
                 if event is Event.PREPARE:
                     self._prepared.append(key)
-                    self._compatibles[key] = sub.name
         if failures:
             self._finish_phase(runner, ok=False)
             failed = {key for key, _ in failures}
@@ -314,10 +321,10 @@ class Kernel:
     def _publish(self) -> None:
         """Write every record that changed since it was last written into KHO."""
         for key in self._prepared:
-            data = self._data[key]
-            if self._published.get(key) is not data:
-                publish(self.kho, key, self._compatibles[key], data)
-                self._published[key] = data
+            blob = self._preserved.sealed[key]
+            if self._published.get(key) is not blob:
+                publish(self.kho, key, self._preserved.compatibles[key], blob)
+                self._published[key] = blob
 
     def _participants(self) -> list[Key]:
         if self.state is State.NORMAL:
@@ -331,18 +338,11 @@ class Kernel:
                 dev = self.devices[name]
                 runner.call_quietly(label(key), self._steps.cancel, dev)
             else:
-                sub = self._subsystems[name]
-                data = self._data[key]
-                runner.call_quietly(label(key), sub.ops.cancel, data)
-        self._data.clear()
+                runner.call_quietly(label(key), self._sub_steps.cancel, self._subsystems[name])
+        self._preserved.clear()
         self._prepared.clear()
-        self._compatibles.clear()
         self._published.clear()
         self.kho.clear()
-
-    def _freeze_subsystem(self, sub: Subsystem, data: dict[Key, bytes]) -> None:
-        key = subsystem_key(sub)
-        data[key] = checked_bytes(sub.ops.freeze(data[key]), f"{sub.name}.freeze")
 
     def _boot_updated(
         self, stats: UpdateStats, incoming: dict[Key, HandoffRecord], corrupted: set[Key]
@@ -353,13 +353,12 @@ class Kernel:
         kexec = stats.phases["kexec"]
         kexec.end_ns = now_ns()
         self._observe("luo_phase_finished", kernel=self, phase="kexec", stats=kexec)
-        for record in incoming.values():
-            self._data[record.key] = record.data
+        self._incoming = incoming
         runner = self._start("restore")
         for sub in self._subsystems.values():
             found = incoming.get(subsystem_key(sub))
             if found is not None:
-                runner.call_quietly(label(found.key), sub.ops.boot, found.data)
+                runner.call_quietly(label(found.key), self._sub_steps.boot, sub, found.data)
         handed: list[Device] = []
         for kind, name in sorted({*incoming, *corrupted}):
             if kind != DEVICE:
@@ -375,7 +374,7 @@ class Kernel:
             record = incoming.get(device_key(dev))
             if record is None:
                 raise HandoffError(f"the handoff record of {dev.name} is corrupted")
-            runner.call(label(device_key(dev)), self._steps.restore, dev, record.compatible)
+            runner.call(label(device_key(dev)), self._steps.restore, dev, record.data)
             dev._reclaimed = True
 
         outcome = runner.run_graph(restore_graph(handed), restore, _index, stop_on_error=False)
@@ -416,7 +415,7 @@ class Kernel:
         for dev in self.devices.devices():
             dev.driver_data = None
             dev.driver = None
-        self._data.clear()
+        self._preserved.clear()
         self._subsystems.clear()
         self._prepared.clear()
 
@@ -461,10 +460,6 @@ class Kernel:
                     plugin=plugin,
                     error=f"{type(exc).__name__}: {exc}",
                 )
-
-
-def _prepare_subsystem(sub: Subsystem, data: dict[Key, bytes]) -> None:
-    data[subsystem_key(sub)] = checked_bytes(sub.ops.prepare(), f"{sub.name}.prepare")
 
 
 def _shutdown(dev: Device) -> None:

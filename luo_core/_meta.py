@@ -9,8 +9,8 @@ from __future__ import annotations
 import cbor2
 
 from luo_core._errors import HandoffError
+from luo_core._handover import HandoffRecord
 from luo_core._stats import PhaseStats, UpdateStats
-from luo_core.serialization import HandoffRecord
 
 META_KEY = ("luo", "meta")
 META_COMPATIBLE = "luo-meta-v1"

@@ -1,7 +1,9 @@
 """Adapters from participants' callback tables to the orchestrator's steps.
 
 A participant is a subsystem or a device; its key ``(kind, name)`` is also its
-handoff record key, and ``label`` is how logs, stats and errors name it.
+KHO node name, and ``label`` is how logs, stats and errors name it.  Values a
+participant preserves go through :class:`~luo_core._preserved.Preserved`,
+which seals them as they are kept and opens them in the next kernel.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from luo_core._errors import DeviceError
 from luo_core._records import Bus, Subsystem
 
 if TYPE_CHECKING:
+    from luo_core._preserved import Preserved
     from luo_core.devices import Device
 
 Key = tuple[str, str]
@@ -31,54 +34,66 @@ def subsystem_key(sub: Subsystem) -> Key:
     return (SUBSYSTEM, sub.name)
 
 
-def checked_bytes(value: object, what: str) -> bytes:
-    """Preserved data must be bytes: nothing else may cross a kexec."""
-    if not isinstance(value, bytes):
-        raise TypeError(f"{what} returned {type(value).__name__}, expected bytes")
-    return value
+class SubsystemSteps:
+    """The subsystem callbacks of each phase, with what they preserve."""
+
+    def __init__(self, preserved: Preserved) -> None:
+        self.preserved = preserved
+
+    def prepare(self, sub: Subsystem) -> None:
+        self.preserved.keep(subsystem_key(sub), sub.name, sub.schema, sub.ops.prepare())
+
+    def freeze(self, sub: Subsystem) -> None:
+        key = subsystem_key(sub)
+        value = sub.ops.freeze(self.preserved.values[key])
+        self.preserved.keep(key, sub.name, sub.schema, value)
+
+    def cancel(self, sub: Subsystem) -> None:
+        sub.ops.cancel(self.preserved.values[subsystem_key(sub)])
+
+    def boot(self, sub: Subsystem, blob: bytes) -> None:
+        sub.ops.boot(self.preserved.open(subsystem_key(sub), sub.name, sub.schema, blob))
+
+    def finish(self, sub: Subsystem) -> None:
+        sub.ops.finish(self.preserved.values.get(subsystem_key(sub)))
 
 
 class DeviceSteps:
     """The per-device callbacks of each phase: driver first or bus first, as
-    the phase requires.  ``data`` holds each participant's preserved bytes."""
+    the phase requires."""
 
-    def __init__(self, buses: dict[str, Bus], data: dict[Key, bytes]) -> None:
+    def __init__(self, buses: dict[str, Bus], preserved: Preserved) -> None:
         self.buses = buses
-        self.data = data
+        self.preserved = preserved
 
     def prepare(self, dev: Device) -> None:
         assert dev.driver is not None
-        self.data[device_key(dev)] = checked_bytes(
-            dev.driver.ops.prepare(dev), f"{dev.driver.name}.prepare"
-        )
+        value = dev.driver.ops.prepare(dev)
+        self.preserved.keep(device_key(dev), dev.driver.name, dev.driver.schema, value)
 
     def freeze(self, dev: Device) -> None:
         assert dev.driver is not None
         key = device_key(dev)
-        self.data[key] = checked_bytes(
-            dev.driver.ops.freeze(dev, self.data[key]), f"{dev.driver.name}.freeze"
-        )
+        value = dev.driver.ops.freeze(dev, self.preserved.values[key])
+        self.preserved.keep(key, dev.driver.name, dev.driver.schema, value)
         self.buses[dev.bus].ops.freeze(dev)
 
     def cancel(self, dev: Device) -> None:
         assert dev.driver is not None
         self.buses[dev.bus].ops.cancel(dev)
-        dev.driver.ops.cancel(dev, self.data[device_key(dev)])
+        dev.driver.ops.cancel(dev, self.preserved.values[device_key(dev)])
 
-    def restore(self, dev: Device, compatible: str) -> None:
+    def restore(self, dev: Device, blob: bytes) -> None:
         if dev.driver is None:
             raise DeviceError(f"no driver in this kernel for compatible {dev.compatible!r}")
-        if dev.driver.name != compatible:
-            raise DeviceError(
-                f"handed over by driver {compatible!r}, but this kernel binds {dev.driver.name!r}"
-            )
         bus = self.buses.get(dev.bus)
         if bus is None:
             raise DeviceError(f"bus {dev.bus!r} is not registered in this kernel")
+        value = self.preserved.open(device_key(dev), dev.driver.name, dev.driver.schema, blob)
         bus.ops.restore(dev)
-        dev.driver.ops.restore(dev, self.data[device_key(dev)])
+        dev.driver.ops.restore(dev, value)
 
     def finish(self, dev: Device) -> None:
         assert dev.driver is not None
-        dev.driver.ops.finish(dev, self.data.get(device_key(dev)))
+        dev.driver.ops.finish(dev, self.preserved.values.get(device_key(dev)))
         self.buses[dev.bus].ops.finish(dev)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
+
+from luo_core.serialization import schema_of
 
 if TYPE_CHECKING:
     from luo_core.devices import Device
@@ -57,8 +59,11 @@ class PluginOrigin:
 class SubsystemOps:
     """Callbacks of a subsystem participant (``liveupdate_subsystem_ops``).
 
-    Override what you need; the defaults preserve nothing.  The bytes you
-    return are the only thing that reaches the next kernel.
+    Override what you need; the defaults preserve nothing.  What ``prepare``
+    and ``freeze`` return — an instance of the participant's ``schema``, or
+    bytes when it has none — is sealed into its handoff record, the only
+    thing that reaches the next kernel; ``boot``, ``cancel`` and ``finish``
+    get that value back (``boot`` a fresh one decoded from the record).
 
     * ``prepare()`` runs while VMs still run: do the heavy serialisation here
       and return the preserved data.
@@ -70,19 +75,19 @@ class SubsystemOps:
       must not fail.  ``data`` is ``None`` when nothing was handed over.
     """
 
-    def prepare(self) -> bytes:
+    def prepare(self) -> Any:
         return b""
 
-    def freeze(self, data: bytes) -> bytes:
+    def freeze(self, data: Any) -> Any:
         return data
 
-    def cancel(self, data: bytes) -> None:
+    def cancel(self, data: Any) -> None:
         return None
 
-    def boot(self, data: bytes) -> None:
+    def boot(self, data: Any) -> None:
         return None
 
-    def finish(self, data: bytes | None) -> None:
+    def finish(self, data: Any | None) -> None:
         return None
 
 
@@ -110,19 +115,19 @@ class DeviceDriverOps:
     def can_preserve(self, dev: Device) -> bool:
         return True
 
-    def prepare(self, dev: Device) -> bytes:
+    def prepare(self, dev: Device) -> Any:
         return b""
 
-    def freeze(self, dev: Device, data: bytes) -> bytes:
+    def freeze(self, dev: Device, data: Any) -> Any:
         return data
 
-    def cancel(self, dev: Device, data: bytes) -> None:
+    def cancel(self, dev: Device, data: Any) -> None:
         return None
 
-    def restore(self, dev: Device, data: bytes) -> None:
+    def restore(self, dev: Device, data: Any) -> None:
         return None
 
-    def finish(self, dev: Device, data: bytes | None) -> None:
+    def finish(self, dev: Device, data: Any | None) -> None:
         return None
 
 
@@ -149,12 +154,22 @@ class BusOps:
         return None
 
 
+def _check_schema(_instance: object, _attribute: object, value: type[Any] | None) -> None:
+    if value is not None:
+        schema_of(value)  # a SchemaError unless it is a @state class
+
+
 @attrs.frozen
 class Subsystem:
-    """A subsystem participant: one name, one callback table, one handoff record."""
+    """A subsystem participant: one name, one callback table, one handoff record.
+
+    ``schema`` is the ``@state`` class its callbacks preserve; without one
+    they deal in opaque bytes that luo cannot version-check.
+    """
 
     name: str = attrs.field(validator=_check_name)
     ops: SubsystemOps = attrs.field(validator=attrs.validators.instance_of(SubsystemOps))
+    schema: type[Any] | None = attrs.field(default=None, validator=_check_schema)
     origin: PluginOrigin | None = attrs.field(default=None, eq=False)
 
 
@@ -163,13 +178,15 @@ class DeviceDriver:
     """A device driver, bound to devices whose ``compatible`` is in its table.
 
     ``liveupdate=False`` declares a driver without live-update callbacks: its
-    devices (and their descendants) cannot be requested.
+    devices (and their descendants) cannot be requested.  ``schema`` is the
+    ``@state`` class its callbacks preserve per device (or opaque bytes).
     """
 
     name: str = attrs.field(validator=_check_name)
     compatible: tuple[str, ...] = attrs.field(converter=_compatibles)
     ops: DeviceDriverOps = attrs.field(validator=attrs.validators.instance_of(DeviceDriverOps))
     liveupdate: bool = True
+    schema: type[Any] | None = attrs.field(default=None, validator=_check_schema)
     origin: PluginOrigin | None = attrs.field(default=None, eq=False)
 
 

@@ -10,6 +10,7 @@ from structlog.testing import capture_logs
 from luo_core import HandoffError, Kernel, KernelConfig, State
 from luo_core.kho import read_root
 from luo_core.platform import PhysicalMemory, default_host
+from luo_core.serialization import unseal
 from tests.journal import JournalPack
 
 NIC = "0000:01:00.0"
@@ -64,7 +65,7 @@ def test_handoff_holds_one_node_per_participant(journal: list[str]) -> None:
         "luo:meta",
     }
     assert handed.nodes[f"device:{NIC}"].compatible == "journal-nic"
-    assert handed.read(new.memory, f"device:{NIC}") == b"41"
+    assert unseal(handed.read(new.memory, f"device:{NIC}")).payload == b"41"
     assert handed.liveupdate_number == new.liveupdate_number == 1
     for node in handed.nodes.values():  # every blob lies in memory the new kernel reserved
         assert not new.mm.is_free(node.phys, max(node.length, 1))

@@ -11,6 +11,7 @@ from luo_core import Kernel, Machine, Subsystem, SubsystemOps, hookimpl
 from luo_core.kho import KexecHandover, KhoError, MemRange, read_root
 from luo_core.memory import OutOfMemoryError, PageAllocator
 from luo_core.platform import PhysicalMemory
+from luo_core.serialization import unseal
 
 PAGE = 4096
 MIB = 1 << 20
@@ -130,7 +131,9 @@ def test_the_next_kernel_never_overwrites_a_preserved_page() -> None:
     assert isinstance(guest, GuestMemory)
     kernel.prepare()
     new = kernel.kexec()
-    phys = int.from_bytes(new.handed_over("subsystem", "guest") or b"", "little")
+    handed = new.handed_over("subsystem", "guest")
+    assert isinstance(handed, bytes)
+    phys = int.from_bytes(handed, "little")
     assert phys == guest.phys
     # Take every page the new kernel will give out and scribble on it.
     taken = 0
@@ -157,7 +160,7 @@ def test_finish_returns_the_handoff_pages_but_not_the_participants() -> None:
     new.finish()
     assert new.mm.free_bytes > free_before
     assert new.mm.is_free(handed.root.start, handed.root.size)
-    guest = int.from_bytes(handed.read(new.memory, "subsystem:guest"), "little")
+    guest = int.from_bytes(unseal(handed.read(new.memory, "subsystem:guest")).payload, "little")
     assert not new.mm.is_free(guest, 8 * MIB)  # still the participant's
 
 

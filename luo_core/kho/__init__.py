@@ -1,5 +1,6 @@
 """KHO (Kexec HandOver): preserved memory and the tree of nodes that crosses kexec."""
 
+from luo_core.kho._image import load_image, save_image
 from luo_core.kho._layout import HandedOver, KhoNode, MemRange, read_root
 from luo_core.kho._tree import KexecHandover, KhoError, KhoRoot
 
@@ -10,5 +11,7 @@ __all__ = [
     "KhoNode",
     "KhoRoot",
     "MemRange",
+    "load_image",
     "read_root",
+    "save_image",
 ]
