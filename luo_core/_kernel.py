@@ -14,6 +14,7 @@ from typing import Any
 import attrs
 import structlog
 
+from luo_core._abi import Manifest, build_manifest, plan_versions
 from luo_core._errors import (
     CallbackError,
     ExistsError,
@@ -43,7 +44,7 @@ from luo_core._participants import (
     subsystem_key,
 )
 from luo_core._preserved import Preserved
-from luo_core._records import Subsystem
+from luo_core._records import DeviceDriver, Subsystem
 from luo_core._registry import PluginRegistry, load_plugins
 from luo_core._state import REGISTRATION_STATES, Event, State, StateMachine
 from luo_core._stats import UpdateStats, now_ns
@@ -174,21 +175,26 @@ class Kernel:
 
     # -- events ----------------------------------------------------------
 
-    def prepare(self, timeout: float | None = None) -> None:
+    def prepare(self, timeout: float | None = None, *, target: Manifest | None = None) -> None:
         """normal -> prepared: every participant serialises its state.
 
-        If one fails, those that succeeded get ``cancel`` in reverse order,
-        the failing one gets none, the state is back to ``normal`` and
-        :class:`CallbackError` is raised.
+        With ``target`` (the next kernel's ABI manifest) every record is first
+        checked: it is written at a version the target reads (through a
+        rollback writer if need be), or :class:`IncompatibleError` is raised
+        before any callback runs.  If a participant fails, those that
+        succeeded get ``cancel`` in reverse order, the failing one gets none,
+        the state is back to ``normal`` and :class:`CallbackError` is raised.
         """
         self._alive()
-        with self._sm.transition(Event.PREPARE, timeout) as target:
+        with self._sm.transition(Event.PREPARE, timeout) as new_state:
+            versions = plan_versions(target, self._records()) if target is not None else {}
             self.stats = UpdateStats()
             self._preserved.clear()
+            self._preserved.versions.update(versions)
             self._prepared.clear()
             self._run_event(Event.PREPARE, self._steps.prepare, self._sub_steps.prepare)
             self._publish()
-            self._commit(Event.PREPARE, target)
+            self._commit(Event.PREPARE, new_state)
 
     def freeze(self, timeout: float | None = None) -> None:
         """prepared -> frozen: the light, final step on the kexec path.
@@ -325,6 +331,19 @@ class Kernel:
             if self._published.get(key) is not blob:
                 publish(self.kho, key, self._preserved.compatibles[key], blob)
                 self._published[key] = blob
+
+    def manifest(self) -> Manifest:
+        """This kernel's ABI manifest (what ``luo manifest`` prints)."""
+        return build_manifest(self.registry)
+
+    def _records(self) -> list[tuple[Key, Subsystem | DeviceDriver]]:
+        """Who would hand over a record if the update started now."""
+        found: list[tuple[Key, Subsystem | DeviceDriver]] = []
+        for dev in self.devices.requested():
+            assert dev.driver is not None
+            found.append((device_key(dev), dev.driver))
+        found += [(subsystem_key(sub), sub) for sub in self._subsystems.values()]
+        return found
 
     def _participants(self) -> list[Key]:
         if self.state is State.NORMAL:

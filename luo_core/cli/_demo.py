@@ -11,6 +11,7 @@ from luo_core._errors import DeviceError
 from luo_core._kernel import Kernel
 from luo_core.cli._args import positive_int
 from luo_core.devices import Device
+from luo_core.kho import save_image
 from luo_core.platform import default_host
 
 
@@ -19,12 +20,15 @@ def add_parser(verbs: Any) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
     parser.add_argument("--trace", type=Path, metavar="FILE", help="write a Chrome/Perfetto trace")
     parser.add_argument(
+        "--save-handoff", type=Path, metavar="FILE", help="write the handoff (for luo inspect)"
+    )
+    parser.add_argument(
         "--workers", type=positive_int, default=1, help="run independent subtrees concurrently"
     )
     parser.set_defaults(run=run)
 
 
-def run_demo(workers: int = 1) -> tuple[Kernel, dict[str, Any]]:
+def run_demo(workers: int = 1, save_handoff: Path | None = None) -> tuple[Kernel, dict[str, Any]]:
     """Boot the default host, preserve every device that can be, live-update it."""
     machine = default_host()
     kernel = Kernel.boot(machine, workers=workers)
@@ -40,6 +44,9 @@ def run_demo(workers: int = 1) -> tuple[Kernel, dict[str, Any]]:
     requested = [d.name for d in kernel.devices.requested()]
     kernel.prepare()
     new = kernel.kexec()
+    if save_handoff is not None:
+        assert new.kho_root is not None
+        save_handoff.write_bytes(save_image(new.memory, new.kho_root))
     new.finish()
     assert new.stats is not None
     devices = []
@@ -87,7 +94,7 @@ def _tree_lines(kernel: Kernel, summary: dict[str, Any]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    kernel, summary = run_demo(args.workers)
+    kernel, summary = run_demo(args.workers, args.save_handoff)
     assert kernel.stats is not None
     if args.trace:
         args.trace.write_text(json.dumps(kernel.stats.chrome_trace()))

@@ -13,9 +13,16 @@ from luo_core._errors import DeviceError
 from luo_core._hookspecs import hookimpl
 from luo_core._records import Bus, DeviceDriver, DeviceDriverOps
 from luo_core.platform import HOST_BRIDGE, PCI_BRIDGE
+from luo_core.serialization import state
 
 if TYPE_CHECKING:
     from luo_core.devices._tree import Device
+
+
+@state(compatible="luo,pci-bridge-state", version=1)
+class BridgeRecord:
+    """A bridge hands over nothing but the fact that it was preserved: its
+    windows and bus numbers live in its (hardware) configuration space."""
 
 
 class BridgeOps(DeviceDriverOps):
@@ -24,7 +31,10 @@ class BridgeOps(DeviceDriverOps):
     def probe(self, dev: Device) -> None:
         dev.hw.bus_master = True
 
-    def restore(self, dev: Device, data: bytes) -> None:
+    def prepare(self, dev: Device) -> BridgeRecord:
+        return BridgeRecord()
+
+    def restore(self, dev: Device, data: BridgeRecord) -> None:
         if not dev.hw.bus_master:
             raise DeviceError(f"bridge {dev.name} lost bus mastering across kexec")
 
@@ -37,5 +47,9 @@ def luo_buses() -> Iterator[Bus]:
 
 @hookimpl
 def luo_device_drivers() -> Iterator[DeviceDriver]:
-    yield DeviceDriver(name="pci-host", compatible=[HOST_BRIDGE], ops=BridgeOps())
-    yield DeviceDriver(name="pcieport", compatible=[PCI_BRIDGE], ops=BridgeOps())
+    yield DeviceDriver(
+        name="pci-host", compatible=[HOST_BRIDGE], ops=BridgeOps(), schema=BridgeRecord
+    )
+    yield DeviceDriver(
+        name="pcieport", compatible=[PCI_BRIDGE], ops=BridgeOps(), schema=BridgeRecord
+    )
