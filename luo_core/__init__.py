@@ -3,6 +3,7 @@
 Everything a pack author or a test imports is exported here, and only here.
 """
 
+from luo_core._abi import IncompatibleError, ManifestError
 from luo_core._errors import (
     BusyError,
     CallbackError,
@@ -51,12 +52,14 @@ __all__ = [
     "Event",
     "ExistsError",
     "HandoffError",
+    "IncompatibleError",
     "InvalidTransitionError",
     "Kernel",
     "KernelConfig",
     "KernelGoneError",
     "LiveUpdateError",
     "Machine",
+    "ManifestError",
     "NotFoundError",
     "PackInfo",
     "PhaseStats",
