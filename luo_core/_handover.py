@@ -21,6 +21,7 @@ import structlog
 from luo_core._errors import HandoffError
 from luo_core._participants import Key
 from luo_core.kho import HandedOver, KexecHandover, MemRange
+from luo_core.kho._layout import find_containing
 from luo_core.memory import PageAllocator
 from luo_core.platform import PhysicalMemory
 
@@ -87,7 +88,7 @@ def read_records(
 def publish(kho: KexecHandover, key: Key, compatible: str, data: bytes) -> None:
     """Write (or rewrite) one participant's record as a KHO node."""
     name = node_name(key)
-    if name in kho.nodes:
+    if kho.has_node(name):
         kho.remove_node(name)
     kho.add_node(name, compatible, data)
 
@@ -95,4 +96,5 @@ def publish(kho: KexecHandover, key: Key, compatible: str, data: bytes) -> None:
 def kho_owned(handed: HandedOver) -> list[MemRange]:
     """Preserved ranges holding the root or node blobs (the rest are participants')."""
     spans = [handed.root] + [MemRange(n.phys, max(n.length, 1)) for n in handed.nodes.values()]
-    return [r for r in handed.preserved if any(r.overlaps(s) for s in spans)]
+    owned = {find_containing(handed.preserved, span) for span in spans}
+    return sorted(r for r in owned if r is not None)

@@ -40,7 +40,13 @@ class Preserved:
         self.versions: dict[Key, int] = {}
 
     def keep(self, key: Key, owner: str, schema: type[Any] | None, value: object) -> None:
-        """Seal ``value``, what ``owner``'s prepare or freeze returned."""
+        """Seal ``value``, what ``owner``'s prepare or freeze returned.
+
+        A freeze that hands back the very value prepare returned costs nothing
+        here: its record is already sealed (and already in KHO).
+        """
+        if key in self.sealed and self.values.get(key) is value:
+            return
         if schema is None:
             if not isinstance(value, bytes):
                 raise TypeError(

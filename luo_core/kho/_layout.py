@@ -13,10 +13,12 @@ only: the encoding is deterministic without any map-ordering rule.
 from __future__ import annotations
 
 import itertools
+import bisect
 import re
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 import attrs
 import cbor2
@@ -41,9 +43,12 @@ def check_name(name: str, what: str) -> None:
         raise HandoffError(f"{what} {name!r} is not 1-128 chars of [a-z0-9,._:+-]")
 
 
-@attrs.frozen(order=True)
-class MemRange:
-    """``size`` bytes of physical memory starting at ``start``."""
+class MemRange(NamedTuple):
+    """``size`` bytes of physical memory starting at ``start``.
+
+    A named tuple: ranges are sorted and bisected by the thousand on the
+    kexec path, and tuple comparison is done in C.
+    """
 
     start: int
     size: int
@@ -60,6 +65,23 @@ class MemRange:
 
     def __str__(self) -> str:
         return f"{self.start:#x}+{self.size:#x}"
+
+
+def find_containing(ranges: Sequence[MemRange], span: MemRange) -> MemRange | None:
+    """The range of sorted, disjoint ``ranges`` that contains ``span`` (bisect)."""
+    at = bisect.bisect_right(ranges, MemRange(span.start, 1 << 65)) - 1
+    if at >= 0 and ranges[at].contains(span):
+        return ranges[at]
+    return None
+
+
+def find_overlapping(ranges: Sequence[MemRange], span: MemRange) -> MemRange | None:
+    """A range of sorted, disjoint ``ranges`` overlapping ``span`` (bisect)."""
+    at = bisect.bisect_right(ranges, MemRange(span.start, 1 << 65)) - 1
+    for candidate in ranges[max(at, 0) : at + 2]:
+        if candidate.overlaps(span):
+            return candidate
+    return None
 
 
 @attrs.frozen
@@ -145,7 +167,7 @@ def _read_root(memory: PhysicalMemory, phys: int) -> HandedOver:
         if a.overlaps(b) or b < a:
             raise HandoffError(f"{where}: preserved ranges {a} and {b} overlap or are unsorted")
     root = MemRange(phys, align_up(total + _CRC.size, memory.PAGE_SIZE))
-    if not any(r.contains(MemRange(phys, total + _CRC.size)) for r in preserved):
+    if find_containing(preserved, MemRange(phys, total + _CRC.size)) is None:
         raise HandoffError(f"{where}: the root itself is not in preserved memory")
     nodes: dict[str, KhoNode] = {}
     for item in _list(raw_nodes, where):
@@ -153,7 +175,7 @@ def _read_root(memory: PhysicalMemory, phys: int) -> HandedOver:
         if node.name in nodes:
             raise HandoffError(f"{where}: two nodes named {node.name!r}")
         span = MemRange(node.phys, node.length)
-        if not any(r.contains(span) for r in preserved):
+        if find_containing(preserved, span) is None:
             raise HandoffError(f"{where}: node {node.name!r} lies outside preserved memory")
         nodes[node.name] = node
     return HandedOver(root, number, nodes, preserved)

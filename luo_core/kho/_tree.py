@@ -10,6 +10,7 @@ the one value that reaches the next kernel (as a boot parameter would).
 
 from __future__ import annotations
 
+import bisect
 import errno
 import zlib
 
@@ -20,6 +21,7 @@ from luo_core.kho._layout import (
     KhoNode,
     MemRange,
     align_up,
+    find_overlapping,
     check_name,
     encode_root,
 )
@@ -49,6 +51,7 @@ class KexecHandover:
         self.allocator = allocator
         self.scratch = scratch
         self._preserved: dict[int, int] = {}
+        self._sorted: list[MemRange] = []  # the same ranges, for bisect
         self._nodes: dict[str, KhoNode] = {}
         self._node_pages: dict[str, int] = {}
         self.root: KhoRoot | None = None
@@ -59,7 +62,7 @@ class KexecHandover:
 
     @property
     def preserved(self) -> list[MemRange]:
-        return [MemRange(p, s) for p, s in sorted(self._preserved.items())]
+        return list(self._sorted)
 
     @property
     def nodes(self) -> dict[str, KhoNode]:
@@ -83,13 +86,12 @@ class KexecHandover:
                 f"preserve {phys:#x}+{size:#x}: overlaps the scratch area {self.scratch}",
                 errno=errno.EINVAL,
             )
-        for start, length in self._preserved.items():
-            if MemRange(start, length).overlaps(MemRange(phys, size)):
-                raise KhoError(
-                    f"preserve {phys:#x}+{size:#x}: overlaps preserved {start:#x}+{length:#x}",
-                    errno=errno.EEXIST,
-                )
-        self._preserved[phys] = size
+        clash = find_overlapping(self._sorted, MemRange(phys, size))
+        if clash is not None:
+            raise KhoError(
+                f"preserve {phys:#x}+{size:#x}: overlaps preserved {clash}", errno=errno.EEXIST
+            )
+        self._add(phys, size)
 
     def unpreserve(self, phys: int, size: int) -> None:
         """Undo exactly one :meth:`preserve`."""
@@ -98,7 +100,18 @@ class KexecHandover:
             raise KhoError(
                 f"unpreserve {phys:#x}+{size:#x}: no such preserved range", errno=errno.ENOENT
             )
-        del self._preserved[phys]
+        self._remove(phys)
+
+    def _add(self, phys: int, size: int) -> None:
+        self._preserved[phys] = size
+        bisect.insort(self._sorted, MemRange(phys, size))
+
+    def _remove(self, phys: int) -> None:
+        size = self._preserved.pop(phys)
+        self._sorted.remove(MemRange(phys, size))
+
+    def has_node(self, name: str) -> bool:
+        return name in self._nodes
 
     def add_node(self, name: str, compatible: str, blob: bytes) -> KhoNode:
         """Copy ``blob`` into new preserved pages and name it in the tree."""
@@ -136,7 +149,7 @@ class KexecHandover:
         blob = encode_root(liveupdate_number, self._nodes.values(), ranges)
         assert len(blob) <= size
         self.memory.write(phys, blob)
-        self._preserved[phys] = size
+        self._add(phys, size)
         self.root = KhoRoot(phys, size)
         return self.root
 
@@ -144,7 +157,7 @@ class KexecHandover:
         """Undo :meth:`finalize` (the update was cancelled)."""
         if self.root is None:
             raise KhoError("abort: the handoff is not finalized", errno=errno.EINVAL)
-        del self._preserved[self.root.phys]
+        self._remove(self.root.phys)
         self.allocator.free(self.root.phys)
         self.root = None
 
@@ -155,3 +168,4 @@ class KexecHandover:
         for name in list(self._nodes):
             self.remove_node(name)
         self._preserved.clear()
+        self._sorted.clear()
