@@ -12,8 +12,8 @@ only: the encoding is deterministic without any map-ordering rule.
 
 from __future__ import annotations
 
-import itertools
 import bisect
+import itertools
 import re
 import struct
 import zlib

@@ -21,9 +21,9 @@ from luo_core.kho._layout import (
     KhoNode,
     MemRange,
     align_up,
-    find_overlapping,
     check_name,
     encode_root,
+    find_overlapping,
 )
 from luo_core.memory import PageAllocator
 from luo_core.platform import PhysicalMemory
