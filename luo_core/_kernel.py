@@ -18,7 +18,6 @@ from luo_core._abi import Manifest, build_manifest, plan_versions
 from luo_core._errors import (
     CallbackError,
     ExistsError,
-    HandoffError,
     InvalidTransitionError,
     KernelGoneError,
     NotFoundError,
@@ -30,6 +29,7 @@ from luo_core._handover import (
     kho_owned,
     publish,
     read_records,
+    restore_devices,
 )
 from luo_core._hookspecs import PROJECT
 from luo_core._meta import META_KEY, read_meta, write_meta
@@ -113,7 +113,7 @@ class Kernel:
         self.liveupdate_number = handed.liveupdate_number if handed is not None else 0
         """How many live updates led to this kernel (the root's ``liveupdate-number``)."""
         if meta is None:
-            self._probe(self.devices.devices())
+            self.devices.probe(self.devices.devices())
         else:
             self._boot_updated(meta, incoming, corrupted)
 
@@ -378,47 +378,13 @@ class Kernel:
             found = incoming.get(subsystem_key(sub))
             if found is not None:
                 runner.call_quietly(label(found.key), self._sub_steps.boot, sub, found.data)
-        handed: list[Device] = []
-        for kind, name in sorted({*incoming, *corrupted}):
-            if kind != DEVICE:
-                continue
-            if name not in self.devices:
-                log.error("handed_over_device_missing", device=name)
-                continue
-            dev = self.devices[name]
-            dev._preserved = True
-            handed.append(dev)
-
-        def restore(dev: Device) -> None:
-            record = incoming.get(device_key(dev))
-            if record is None:
-                raise HandoffError(f"the handoff record of {dev.name} is corrupted")
-            runner.call(label(device_key(dev)), self._steps.restore, dev, record.data)
-            dev._reclaimed = True
-
-        outcome = runner.run_graph(restore_graph(handed), restore, _index, stop_on_error=False)
-        for dev, exc in outcome.failed:
-            dev.driver = None  # never leave a half-restored device bound
-            log.error("restore_failed", device=dev.name, error=f"{type(exc).__name__}: {exc}")
-        for dev in outcome.skipped:
-            dev.driver = None
-            log.error("restore_skipped", device=dev.name, reason="a dependency failed to restore")
+        ok = restore_devices(runner, self.devices, self._steps, incoming, corrupted)
         stats.restore_end_ns = now_ns()
-        self._finish_phase(runner, ok=not outcome.failed)
+        self._finish_phase(runner, ok=ok)
         log.info(
             "blackout", blackout_us=stats.blackout_us, liveupdate_number=self.liveupdate_number
         )
-        self._probe([d for d in self.devices.devices() if not d.preserved])
-
-    def _probe(self, devices: list[Device]) -> None:
-        for dev in devices:
-            if dev.driver is None:
-                continue
-            try:
-                dev.driver.ops.probe(dev)
-            except Exception as exc:
-                log.error("probe_failed", device=dev.name, driver=dev.driver.name, error=str(exc))
-                dev.driver = None
+        self.devices.probe([d for d in self.devices.devices() if not d.preserved])
 
     # -- plumbing --------------------------------------------------------
 
@@ -468,17 +434,7 @@ class Kernel:
         self._observe("luo_state_changed", kernel=self, old=old, new=new, event=event)
 
     def _observe(self, hook_name: str, **kwargs: Any) -> None:
-        """Call each observer on its own, so one that raises cannot silence the rest."""
-        for plugin, caller in self.registry.observers(hook_name):
-            try:
-                caller(**kwargs)
-            except Exception as exc:
-                log.error(
-                    "observer_failed",
-                    hook=hook_name,
-                    plugin=plugin,
-                    error=f"{type(exc).__name__}: {exc}",
-                )
+        self.registry.notify(hook_name, **kwargs)
 
 
 def _shutdown(dev: Device) -> None:

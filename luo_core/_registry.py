@@ -77,6 +77,20 @@ class PluginRegistry:
     def hook(self) -> Any:
         return self.pm.hook
 
+    def notify(self, hook_name: str, **kwargs: Any) -> None:
+        """Call each observer on its own, so one that raises cannot silence the
+        rest; failures are logged (``observer_failed``), never raised."""
+        for plugin, caller in self.observers(hook_name):
+            try:
+                caller(**kwargs)
+            except Exception as exc:
+                log.error(
+                    "observer_failed",
+                    hook=hook_name,
+                    plugin=plugin,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+
     def observers(self, hook_name: str) -> list[tuple[str, Callable[..., Any]]]:
         """One caller per plugin implementing ``hook_name`` (wrappers included)."""
         impls = getattr(self.pm.hook, hook_name).get_hookimpls()

@@ -15,10 +15,14 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
+import structlog
+
 from luo_core._errors import BusyError, DependencyCycleError, DeviceError, NotFoundError
 from luo_core._records import Bus, DeviceDriver
 from luo_core.devices._order import restore_graph, static_order
 from luo_core.platform import HardwareDevice, Machine
+
+log = structlog.get_logger("luo")
 
 
 class Device:
@@ -127,6 +131,18 @@ class DeviceTree(Mapping[str, Device]):
 
     def __len__(self) -> int:
         return len(self._devices)
+
+    def probe(self, devices: list[Device]) -> None:
+        """Bind ``devices`` afresh (cold boot, or not preserved); a driver
+        whose probe fails is unbound (``probe_failed``)."""
+        for dev in devices:
+            if dev.driver is None:
+                continue
+            try:
+                dev.driver.ops.probe(dev)
+            except Exception as exc:
+                log.error("probe_failed", device=dev.name, driver=dev.driver.name, error=str(exc))
+                dev.driver = None
 
     def devices(self) -> list[Device]:
         return list(self._devices.values())
