@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from luo_core._kernel import Kernel
     from luo_core._state import Event, State
     from luo_core._stats import PhaseStats
+    from luo_core.testing import Contract
 
 PROJECT = "luo"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -113,6 +114,42 @@ class LuoSpec:
             >>> kernel = Kernel.boot(Machine(), plugins=[UsbPack()], discover=False)
             >>> sorted(kernel.registry.buses)
             ['pci', 'platform', 'usb']
+        """
+
+    @hookspec
+    def luo_contracts(self) -> Iterable[Contract]:  # type: ignore[empty-body]
+        """Declare how the contract suite exercises this pack's drivers.
+
+        Yield :class:`luo_core.testing.Contract` records: a host holding your
+        device, the devices to request, a workload and a snapshot of what must
+        survive.  ``luo contract PACK`` runs the whole suite from them, with no
+        test code of yours.
+
+        Example::
+
+            >>> from luo_core import DeviceDriver, DeviceDriverOps, hookimpl
+            >>> from luo_core.platform import default_host
+            >>> from luo_core.testing import Contract, check_round_trip
+            >>> class Nic(DeviceDriverOps):
+            ...     def probe(self, dev):
+            ...         dev.driver_data = [0]
+            ...     def prepare(self, dev):
+            ...         return str(dev.driver_data[0]).encode()
+            ...     def restore(self, dev, data):
+            ...         dev.driver_data = [int(data)]
+            >>> def bump(dev):
+            ...     dev.driver_data[0] += 5
+            >>> class NicPack:
+            ...     @hookimpl
+            ...     def luo_device_drivers(self):
+            ...         yield DeviceDriver(name="nic", compatible=["luo,example-nic"], ops=Nic())
+            ...     @hookimpl
+            ...     def luo_contracts(self):
+            ...         yield Contract(
+            ...             name="nic", machine=default_host, devices=["0000:01:00.0"],
+            ...             workload=bump, snapshot=lambda dev: dev.driver_data,
+            ...         )
+            >>> check_round_trip(NicPack())
         """
 
     @hookspec

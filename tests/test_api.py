@@ -53,7 +53,7 @@ def test_all_is_pinned() -> None:
 
 def test_every_public_name_is_exported_and_nothing_else() -> None:
     exported = {name for name in vars(luo_core) if not name.startswith("_")}
-    subpackages = {"cli", "devices", "kho", "memory", "platform", "serialization"}
+    subpackages = {"cli", "devices", "kho", "memory", "platform", "serialization", "testing"}
     assert exported - subpackages == PUBLIC
 
 

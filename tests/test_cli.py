@@ -93,3 +93,24 @@ def test_the_console_script_runs() -> None:
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["liveupdate_number"] == 1
     assert done.stderr == ""  # warnings and worse only; a clean run logs nothing
+
+
+def test_luo_contract_runs_the_suite_on_an_installed_pack() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "luo_core", "contract", "luo-example-nic"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "passed" in done.stdout
+    assert "freeze" in done.stdout and "restore" in done.stdout  # the blackout-path report
+    assert "luo contract luo-example-nic: passed" in done.stdout
+
+
+def test_luo_contract_on_an_unknown_pack_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["contract", "no-such-pack"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "luo contract: error: no installed pack 'no-such-pack' in the luo_core.plugins group"
+    ]

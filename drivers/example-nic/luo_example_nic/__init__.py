@@ -6,6 +6,8 @@ Install it and ``luo drivers`` lists it; ``luo demo`` preserves its NICs.
 from collections.abc import Iterator
 
 from luo_core import DeviceDriver, Subsystem, hookimpl
+from luo_core.testing import Contract
+from luo_example_nic._contract import contracts
 from luo_example_nic._fdb import SUBSYSTEM, FdbEntry, FdbOps, FdbRecord
 from luo_example_nic._nic import COMPATIBLE, DRIVER, NicOps, NicRecord, NicState, transmit
 
@@ -25,6 +27,11 @@ __all__ = [
 @hookimpl
 def luo_device_drivers() -> Iterator[DeviceDriver]:
     yield DeviceDriver(name=DRIVER, compatible=[COMPATIBLE], ops=NicOps(), schema=NicRecord)
+
+
+@hookimpl
+def luo_contracts() -> Iterator[Contract]:
+    yield from contracts()
 
 
 @hookimpl

@@ -1,0 +1,79 @@
+"""The contract suite as abstract pytest classes a pack author subclasses.
+
+Override one fixture, ``luo_pack`` (your plugin object, usually your pack's
+module); every test then runs against each :class:`Contract` it declares.
+Tests that need a capability the contract does not declare are skipped with a
+message naming that capability.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from luo_core.testing import _checks
+from luo_core.testing._contract import CAPABILITIES
+
+FAULTY = ("prepare", "freeze", "cancel", "restore", "finish")
+
+
+def require(pack: object, capability: str) -> None:
+    """Skip unless every contract of ``pack`` declares ``capability``."""
+    missing = [c.name for c in _checks.each_contract(pack) if capability not in c.capabilities]
+    if missing:
+        pytest.skip(
+            f"needs capability {capability!r} ({CAPABILITIES[capability]}); "
+            f"not declared by {', '.join(missing)}"
+        )
+
+
+class DriverPackContract:
+    """Subclass me in your pack's tests and override ``luo_pack``."""
+
+    @pytest.fixture
+    def luo_pack(self) -> Any:
+        raise NotImplementedError("override the luo_pack fixture: return your pack's plugin")
+
+    def test_state_survives_kexec(self, luo_pack: Any) -> None:
+        _checks.check_round_trip(luo_pack)
+
+    @pytest.mark.parametrize("after", ["prepare", "freeze"])
+    def test_cancel_leaves_the_device_unchanged_and_working(
+        self, luo_pack: Any, after: str
+    ) -> None:
+        _checks.check_cancel(luo_pack, after)
+
+    @pytest.mark.parametrize("callback", FAULTY)
+    def test_a_fault_in_each_callback_ends_in_a_defined_state(
+        self, luo_pack: Any, callback: str
+    ) -> None:
+        _checks.check_fault(luo_pack, callback)
+
+    def test_restore_is_idempotent(self, luo_pack: Any) -> None:
+        _checks.check_restore_idempotent(luo_pack)
+
+    def test_encoding_is_deterministic(self, luo_pack: Any) -> None:
+        _checks.check_deterministic(luo_pack)
+
+    def test_hostile_and_newer_records_give_typed_errors(self, luo_pack: Any) -> None:
+        _checks.check_hostile_records(luo_pack)
+
+    def test_older_versions_restore_from_golden_records(self, luo_pack: Any) -> None:
+        require(luo_pack, "golden-records")
+        _checks.check_golden(luo_pack)
+
+    def test_concurrent_subtrees_give_the_same_result(self, luo_pack: Any) -> None:
+        require(luo_pack, "concurrent")
+        _checks.check_round_trip(luo_pack, workers=4)
+
+    def test_traffic_during_prepare_reaches_the_next_kernel(self, luo_pack: Any) -> None:
+        require(luo_pack, "traffic-during-prepare")
+        _checks.check_traffic_during_prepare(luo_pack)
+
+    def test_blackout_callbacks_are_reported(self, luo_pack: Any, record_property: Any) -> None:
+        costs = _checks.blackout_costs(luo_pack)
+        for device, phases in costs.items():
+            for phase, spent in phases.items():
+                record_property(f"{device} {phase} us", round(spent, 1))
+        assert all(phases.keys() == {"freeze", "restore"} for phases in costs.values())
