@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import structlog
 
 from luo_core._errors import LiveUpdateError
-from luo_core.cli import _abi, _bench, _contract, _demo, _drivers, _inspect
+from luo_core.cli import _abi, _bench, _contract, _demo, _drivers, _inspect, _scaffold
 from luo_core.platform import MachineError
 
 EXIT_ERROR = 1
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="count", default=0, help="log events to stderr (-vv: all)"
     )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for module in (_demo, _drivers, _abi, _inspect, _contract, _bench):
+    for module in (_demo, _drivers, _abi, _inspect, _contract, _scaffold, _bench):
         module.add_parser(verbs)
     return parser
 
