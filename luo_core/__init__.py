@@ -7,6 +7,7 @@ from luo_core._abi import IncompatibleError, ManifestError
 from luo_core._errors import (
     BusyError,
     CallbackError,
+    CallbackTimeoutError,
     DependencyCycleError,
     DeviceError,
     ExistsError,
@@ -43,6 +44,7 @@ __all__ = [
     "BusyError",
     "CallbackError",
     "CallbackStat",
+    "CallbackTimeoutError",
     "DependencyCycleError",
     "Device",
     "DeviceDriver",

@@ -89,6 +89,12 @@ class CallbackError(LiveUpdateError):
         self.phase = phase
 
 
+class CallbackTimeoutError(LiveUpdateError):
+    """A callback ran past the kernel's ``callback_timeout`` (``ETIMEDOUT``)."""
+
+    errno = _errno.ETIMEDOUT
+
+
 class PluginError(LiveUpdateError):
     """A plugin pack is malformed or conflicts with another pack."""
 

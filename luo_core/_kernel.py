@@ -66,12 +66,15 @@ class KernelConfig:
 
     ``plugins`` are registered after installed packs (``discover``), each as
     the distribution ``local:<name>``.  ``workers > 1`` runs independent
-    device subtrees concurrently in every device phase.
+    device subtrees concurrently in every device phase.  ``callback_timeout``
+    (seconds) gives up on a callback that does not return in time: it fails
+    with :class:`CallbackTimeoutError` (``ETIMEDOUT``) as if it had raised.
     """
 
     plugins: tuple[object, ...] = attrs.field(default=(), converter=_as_tuple)
     discover: bool = True
     workers: int = 1
+    callback_timeout: float | None = None
 
 
 class Kernel:
@@ -413,7 +416,7 @@ class Kernel:
         return self._sm.hold(what, allowed=frozenset({State.NORMAL}), error=InvalidTransitionError)
 
     def _start(self, phase: str) -> PhaseRunner:
-        runner = PhaseRunner(phase, self.config.workers)
+        runner = PhaseRunner(phase, self.config.workers, self.config.callback_timeout)
         self._observe("luo_phase_started", kernel=self, phase=phase)
         return runner
 

@@ -15,11 +15,12 @@ import queue
 import threading
 from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import attrs
 import structlog
 
+from luo_core._errors import CallbackTimeoutError
 from luo_core._stats import CallbackStat, PhaseStats, now_ns
 
 log = structlog.get_logger("luo")
@@ -39,9 +40,10 @@ class GraphOutcome(Generic[K]):
 class PhaseRunner:
     """Times and logs every callback of one phase into its :class:`PhaseStats`."""
 
-    def __init__(self, phase: str, workers: int = 1) -> None:
+    def __init__(self, phase: str, workers: int = 1, timeout: float | None = None) -> None:
         self.phase = phase
         self.workers = max(1, workers)
+        self.timeout = timeout
         self.stats = PhaseStats(phase=phase, start_ns=now_ns())
         # Bind once per phase: an unbound structlog proxy re-binds on every call.
         self.log = log.bind(phase=phase)
@@ -50,7 +52,10 @@ class PhaseRunner:
         """Run ``fn(*args)``; record its time and outcome; re-raise its error."""
         start = now_ns()
         try:
-            result = fn(*args)
+            if self.timeout is None:
+                result = fn(*args)
+            else:
+                result = _bounded(self.timeout, participant, self.phase, fn, *args)
         except Exception as exc:
             duration = now_ns() - start
             self.stats.add(
@@ -151,6 +156,35 @@ class PhaseRunner:
         self.stats.end_ns = now_ns()
         self.stats.ok = ok
         return self.stats
+
+
+def _bounded(
+    timeout: float, participant: str, phase: str, fn: Callable[..., T], *args: object
+) -> T:
+    """``fn(*args)`` on a thread of its own, given up on after ``timeout`` seconds.
+
+    A callback that hangs cannot be killed: its thread runs on, like a stuck
+    kernel thread, and whatever it does when it wakes is its own business.
+    """
+    box: list[Any] = []
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            box.append(("ok", fn(*args)))
+        except BaseException as exc:
+            box.append(("error", exc))
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name=f"luo {phase} {participant}", daemon=True).start()
+    if not done.wait(timeout):
+        raise CallbackTimeoutError(f"{phase} of {participant} did not return within {timeout:g}s")
+    kind, value = box[0]
+    if kind == "error":
+        raise value
+    result: T = value
+    return result
 
 
 def _attempt(fn: Callable[[K], object], node: K) -> Exception | None:

@@ -11,6 +11,7 @@ PUBLIC = {
     "BusyError",
     "CallbackError",
     "CallbackStat",
+    "CallbackTimeoutError",
     "DependencyCycleError",
     "Device",
     "DeviceDriver",

@@ -169,3 +169,31 @@ def test_rollback_is_reported_to_observers(journal: list[str]) -> None:
     with pytest.raises(CallbackError):
         kernel.prepare()
     assert seen == [("prepare", "normal", "normal")]
+
+
+def test_a_hung_callback_times_out_and_rolls_back(journal: list[str]) -> None:
+    import threading
+
+    from luo_core import CallbackTimeoutError, KernelConfig, Subsystem, SubsystemOps
+
+    release = threading.Event()
+
+    class Hangs(SubsystemOps):
+        def freeze(self, data: bytes) -> bytes:
+            release.wait(timeout=60)
+            return data
+
+    pack = JournalPack(journal)
+    kernel = Kernel(default_host(), KernelConfig([pack], discover=False, callback_timeout=0.5))
+    kernel.register_subsystem(Subsystem(name="stuck", ops=Hangs()))
+    kernel.prepare()
+    try:
+        with pytest.raises(CallbackError) as info:
+            kernel.freeze()
+    finally:
+        release.set()
+    assert info.value.participant == "subsystem:stuck"
+    assert isinstance(info.value.__cause__, CallbackTimeoutError)
+    assert info.value.errno == errno.ETIMEDOUT
+    assert kernel.state is State.NORMAL
+    assert [e for e in journal if e.startswith("cancel:")] == ["cancel:beta", "cancel:alpha"]

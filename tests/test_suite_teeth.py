@@ -48,3 +48,11 @@ def test_the_same_checks_pass_the_example_pack(
 
 def test_every_mistake_has_a_case() -> None:
     assert {c[0] for c in CASES} == set(BROKEN)
+
+
+@pytest.mark.parametrize("mistake", ["state lost across kexec", "cancel that mutates the device"])
+def test_the_random_sequence_model_catches(mistake: str) -> None:
+    from luo_core.testing._model import check_random_sequences
+
+    with pytest.raises(Exception, match=r"after (kexec|cancel)"):
+        check_random_sequences(BROKEN[mistake], examples=50, derandomize=True, shrink=False)

@@ -7,6 +7,8 @@ loaded, and drives them through real (in-process) live updates.
 from __future__ import annotations
 
 import copy
+import errno
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -166,6 +168,50 @@ def check_fault(pack: object, callback: str) -> None:
             assert new.state is State.NORMAL
         else:
             raise ValueError(f"no fault check for {callback!r}")
+
+
+HANG_BUDGET_S = 0.25
+
+
+def check_hang(pack: object, callback: str) -> None:
+    """A callback hanging past its budget ends in a defined state.
+
+    prepare or freeze: the update is rolled back with ``ETIMEDOUT`` naming the
+    participant, and every *other* device is as it was; restore: that device
+    is left preserved, not reclaimed and unbound, the others are reclaimed.
+    """
+    for contract in each_contract(pack):
+        release = threading.Event()
+        try:
+            kernel, before = _loaded(
+                contract, pack, fail=f"hang-{callback}", release=release, timeout=HANG_BUDGET_S
+            )
+            hung = contract.devices[0]
+            if callback in ("prepare", "freeze"):
+                failure: CallbackError | None = None
+                try:
+                    kernel.prepare()
+                    kernel.freeze()
+                except CallbackError as exc:
+                    failure = exc
+                assert failure is not None, f"{contract.name}: a hung {callback} went unnoticed"
+                assert failure.errno == errno.ETIMEDOUT, f"{contract.name}: {failure}"
+                hung = failure.participant.partition(":")[2]
+                assert kernel.state is State.NORMAL
+                others = {n: s for n, s in before.items() if n != hung}
+                _unchanged(contract, kernel, others, f"a hung {callback} in {hung}")
+            elif callback == "restore":
+                kernel.prepare()
+                new = kernel.kexec()
+                stuck = [n for n in contract.devices if not new.devices[n].reclaimed]
+                assert stuck, f"{contract.name}: a hung restore went unnoticed"
+                for name in stuck:
+                    dev = new.devices[name]
+                    assert dev.preserved and dev.driver is None, f"{name} is half restored"
+            else:
+                raise ValueError(f"no hang check for {callback!r}")
+        finally:
+            release.set()
 
 
 def check_deterministic(pack: object) -> None:

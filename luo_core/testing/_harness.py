@@ -6,6 +6,7 @@ way the registry does, and wraps the callback tables it registers.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -40,14 +41,20 @@ def contracts_of(pack: object) -> list[Contract]:
 
 
 class FaultyDriver(DeviceDriverOps):
-    """Delegates to the pack's ops, raising in one callback."""
+    """Delegates to the pack's ops, raising in one callback (``fail="freeze"``)
+    or hanging in it until ``release`` is set (``fail="hang-freeze"``)."""
 
-    def __init__(self, inner: DeviceDriverOps, fail: str) -> None:
-        self.inner, self.fail = inner, fail
+    def __init__(
+        self, inner: DeviceDriverOps, fail: str, release: threading.Event | None = None
+    ) -> None:
+        self.inner, self.fail, self.release = inner, fail, release
 
     def _maybe(self, name: str) -> None:
         if name == self.fail:
             raise InjectedFault(f"fault injected into {name}")
+        if f"hang-{name}" == self.fail:
+            assert self.release is not None
+            self.release.wait(timeout=60)  # the suite releases it once it has looked
 
     def probe(self, dev: Device) -> None:
         self.inner.probe(dev)
@@ -82,11 +89,13 @@ class FaultyDriver(DeviceDriverOps):
 class Wrapped:
     """A plugin that registers ``pack``'s records, with ``driver``'s ops faulty."""
 
-    def __init__(self, pack: object, driver: str, fail: str) -> None:
+    def __init__(
+        self, pack: object, driver: str, fail: str, release: threading.Event | None = None
+    ) -> None:
         self.pm = pluggy.PluginManager(PROJECT)
         self.pm.add_hookspecs(LuoSpec)
         self.pm.register(pack)
-        self.driver, self.fail = driver, fail
+        self.driver, self.fail, self.release = driver, fail, release
 
     @hookimpl
     def luo_buses(self, kernel: Kernel | None) -> Iterator[Any]:
@@ -103,14 +112,24 @@ class Wrapped:
         for result in self.pm.hook.luo_device_drivers(kernel=kernel):
             for record in result:
                 if record.name == self.driver:
-                    record = attrs.evolve(record, ops=FaultyDriver(record.ops, self.fail))
+                    ops = FaultyDriver(record.ops, self.fail, self.release)
+                    record = attrs.evolve(record, ops=ops)
                 yield record
 
 
-def boot(contract: Contract, pack: object, *, fail: str | None = None, workers: int = 1) -> Kernel:
+def boot(
+    contract: Contract,
+    pack: object,
+    *,
+    fail: str | None = None,
+    workers: int = 1,
+    release: threading.Event | None = None,
+    timeout: float | None = None,
+) -> Kernel:
     """A kernel on a fresh host with only ``pack`` loaded (and a fault, maybe)."""
-    plugin = pack if fail is None else Wrapped(pack, contract.name, fail)
-    kernel = Kernel(contract.machine(), KernelConfig([plugin], discover=False, workers=workers))
+    plugin = pack if fail is None else Wrapped(pack, contract.name, fail, release)
+    config = KernelConfig([plugin], discover=False, workers=workers, callback_timeout=timeout)
+    kernel = Kernel(contract.machine(), config)
     for name in contract.devices:
         kernel.devices.request(name)
     return kernel

@@ -50,8 +50,19 @@ class DriverPackContract:
     ) -> None:
         _checks.check_fault(luo_pack, callback)
 
+    @pytest.mark.parametrize("callback", ["prepare", "freeze", "restore"])
+    def test_a_callback_hanging_past_its_budget_ends_in_a_defined_state(
+        self, luo_pack: Any, callback: str
+    ) -> None:
+        _checks.check_hang(luo_pack, callback)
+
     def test_restore_is_idempotent(self, luo_pack: Any) -> None:
         _checks.check_restore_idempotent(luo_pack)
+
+    def test_random_sequences_against_a_model(self, luo_pack: Any) -> None:
+        from luo_core.testing._model import check_random_sequences
+
+        check_random_sequences(luo_pack)
 
     def test_encoding_is_deterministic(self, luo_pack: Any) -> None:
         _checks.check_deterministic(luo_pack)

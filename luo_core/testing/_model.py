@@ -1,0 +1,118 @@
+"""A hypothesis state machine that drives a pack through random live updates.
+
+Rules: the contract's workload on any device, prepare, freeze, cancel, kexec
+and finish, legal or not.  The model is the global state and, per device, the
+snapshot the next kernel (or a cancel) must give back.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from hypothesis import Phase, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+
+from luo_core._errors import InvalidTransitionError
+from luo_core._kernel import Kernel
+from luo_core._state import TRANSITIONS, Event, State
+from luo_core.testing._contract import Contract
+from luo_core.testing._harness import boot
+
+
+def pack_machine(pack: object, contract: Contract) -> type[RuleBasedStateMachine]:
+    """A state machine class for one contract of ``pack``."""
+    traffic_in_prepared = "traffic-during-prepare" in contract.capabilities
+
+    class PackModel(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.kernel: Kernel = boot(contract, pack)
+            self.state = State.NORMAL
+            self.expected = {n: self.snap(n) for n in contract.devices}
+
+        def snap(self, name: str) -> Any:
+            return copy.deepcopy(contract.snapshot(self.kernel.devices[name]))
+
+        def check_devices(self, after: str) -> None:
+            for name, want in self.expected.items():
+                got = self.snap(name)
+                assert got == want, f"{contract.name}: {name} after {after}: {want!r} != {got!r}"
+
+        @rule(name=st.sampled_from(contract.devices))
+        def workload(self, name: str) -> None:
+            if self.state is State.FROZEN:
+                return
+            if self.state is State.PREPARED and not traffic_in_prepared:
+                return
+            contract.workload(self.kernel.devices[name])
+            self.expected[name] = self.snap(name)
+
+        @rule(event=st.sampled_from(list(Event)))
+        def event(self, event: Event) -> None:
+            target = TRANSITIONS.get((self.state, event))
+            call = getattr(self.kernel, event.value)
+            if target is None:
+                try:
+                    call()
+                except InvalidTransitionError:
+                    return
+                raise AssertionError(f"{event.value} from {self.state.value} was accepted")
+            call()
+            self.state = target
+            if event is Event.CANCEL:
+                self.check_devices("cancel")
+            if event is Event.FINISH:  # a new kernel starts with nothing requested
+                for name in contract.devices:
+                    self.kernel.devices.request(name)
+
+        @rule()
+        def kexec(self) -> None:
+            if self.state not in (State.PREPARED, State.FROZEN):
+                try:
+                    self.kernel.kexec()
+                except InvalidTransitionError:
+                    return
+                raise AssertionError(f"kexec from {self.state.value} was accepted")
+            self.kernel = self.kernel.kexec()
+            self.state = State.UPDATED
+            for name in contract.devices:
+                dev = self.kernel.devices[name]
+                assert dev.preserved and dev.reclaimed, f"{contract.name}: {name} not reclaimed"
+            self.check_devices("kexec")
+
+        @invariant()
+        def state_matches(self) -> None:
+            assert self.kernel.state is self.state
+
+    PackModel.__name__ = f"PackModel[{contract.name}]"
+    return PackModel
+
+
+def check_random_sequences(
+    pack: object,
+    *,
+    examples: int = 25,
+    steps: int = 25,
+    derandomize: bool = False,
+    shrink: bool = True,
+) -> None:
+    """Random sequences of workload and events against the model, per contract.
+
+    ``derandomize`` makes the sequences the same on every run (for a test that
+    must find a known bug every time)."""
+    from luo_core.testing._checks import each_contract
+
+    for contract in each_contract(pack):
+        run_state_machine_as_test(
+            pack_machine(pack, contract),
+            settings=settings(
+                max_examples=examples,
+                stateful_step_count=steps,
+                deadline=None,
+                derandomize=derandomize,
+                database=None,
+                phases=[p for p in Phase if shrink or p not in (Phase.shrink, Phase.explain)],
+            ),
+        )
