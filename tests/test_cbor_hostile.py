@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from luo_core.serialization import decode_state, encode_state, schema_of
 from luo_core.serialization._cbor import MAX_DEPTH, canonical, decode_canonical, scan
 from luo_core.serialization._envelope import decode_record, encode_record
-from luo_core.serialization._schema import decode_state, encode_state, schema_of
 from luo_core.serialization._types import (
     ClassType,
     DecodeError,

@@ -9,6 +9,7 @@ import zlib
 import pytest
 
 from luo_core import HandoffError
+from luo_core.serialization import encode_state
 from luo_core.serialization._envelope import (
     MAGIC,
     MAX_PAYLOAD,
@@ -19,7 +20,6 @@ from luo_core.serialization._envelope import (
     seal,
     unseal,
 )
-from luo_core.serialization._schema import encode_state
 from luo_core.serialization._types import EnvelopeError, SchemaError
 from tests.test_schema import Mode, Queue, RingV2, RingV3, everything
 

@@ -15,15 +15,15 @@ import pytest
 
 import luo_core.serialization
 from luo_core import HandoffError, LiveUpdateError
-from luo_core.serialization._cbor import decode_canonical, encode_canonical, scan
-from luo_core.serialization._manifest import manifest_entry
-from luo_core.serialization._schema import (
+from luo_core.serialization import (
     decode_state,
     encode_state,
     schema_of,
     section,
     state,
 )
+from luo_core.serialization._cbor import decode_canonical, encode_canonical, scan
+from luo_core.serialization._manifest import manifest_entry
 from luo_core.serialization._types import (
     DecodeError,
     FieldValueError,

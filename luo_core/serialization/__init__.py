@@ -1,5 +1,6 @@
 """Serialization: versioned state schemas, deterministic CBOR, record envelopes, ABI manifest."""
 
+from luo_core.serialization._codec import decode_state, encode_state
 from luo_core.serialization._envelope import (
     Sealed,
     decode_record,
@@ -8,14 +9,7 @@ from luo_core.serialization._envelope import (
     unseal,
 )
 from luo_core.serialization._manifest import Finding, compare_entries, manifest_entry
-from luo_core.serialization._schema import (
-    Schema,
-    decode_state,
-    encode_state,
-    schema_of,
-    section,
-    state,
-)
+from luo_core.serialization._schema import Schema, schema_of, section, state
 from luo_core.serialization._types import (
     DecodeError,
     EnvelopeError,

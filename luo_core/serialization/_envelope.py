@@ -20,7 +20,8 @@ from typing import Final
 
 import attrs
 
-from luo_core.serialization._schema import COMPATIBLE, decode_state, encode_state, schema_of
+from luo_core.serialization._codec import decode_state, encode_state
+from luo_core.serialization._schema import COMPATIBLE, schema_of
 from luo_core.serialization._types import EnvelopeError, SchemaError
 
 MAGIC: Final = b"LUOR"
