@@ -7,6 +7,7 @@ ordering, dispatch, timing, logging and the handoff.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 from collections.abc import Iterator
@@ -63,7 +64,12 @@ def cycle(devices: int, workers: int) -> dict[str, float]:
 
 def measure(devices: int, rounds: int, workers: int) -> dict[str, Any]:
     cycle(min(devices, 16), workers)  # warm imports and caches
-    runs = [cycle(devices, workers) for _ in range(rounds)]
+    runs = []
+    for _ in range(rounds):
+        # Start each cycle with no garbage pending, so that a collection of the
+        # previous cycle's kernels does not land in this one's phases.
+        gc.collect()
+        runs.append(cycle(devices, workers))
     participants = devices + (devices + 255) // 256 + 1  # endpoints, bridges, host bridge
     median = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
     return {

@@ -181,8 +181,12 @@ def _read_root(memory: PhysicalMemory, phys: int) -> HandedOver:
     return HandedOver(root, number, nodes, preserved)
 
 
+_U64 = 1 << 64
+
+
 def _is_u64(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 64
+    # type() is: bool is an int subclass, and this runs once per field on the kexec path.
+    return type(value) is int and 0 <= value < _U64
 
 
 def _list(value: object, where: str) -> list[object]:
@@ -192,7 +196,7 @@ def _list(value: object, where: str) -> list[object]:
 
 
 def _range(item: object, memory: PhysicalMemory, where: str) -> MemRange:
-    if not (isinstance(item, list) and len(item) == 2 and all(_is_u64(v) for v in item)):
+    if not (type(item) is list and len(item) == 2 and _is_u64(item[0]) and _is_u64(item[1])):
         raise HandoffError(f"{where}: malformed preserved range {item!r:.60}")
     start, size = item
     page = memory.PAGE_SIZE
@@ -203,13 +207,15 @@ def _range(item: object, memory: PhysicalMemory, where: str) -> MemRange:
 
 def _node(item: object, where: str) -> KhoNode:
     if not (
-        isinstance(item, list)
+        type(item) is list
         and len(item) == 5
-        and isinstance(item[0], str)
-        and isinstance(item[1], str)
-        and all(_is_u64(v) for v in item[2:])
+        and type(item[0]) is str
+        and type(item[1]) is str
+        and _is_u64(item[2])
+        and _is_u64(item[3])
+        and _is_u64(item[4])
+        and _NAME.match(item[0])
+        and _NAME.match(item[1])
     ):
         raise HandoffError(f"{where}: malformed node {item!r:.60}")
-    check_name(item[0], "node name")
-    check_name(item[1], "compatible")
     return KhoNode(item[0], item[1], item[2], item[3], item[4])
