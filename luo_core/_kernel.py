@@ -18,6 +18,7 @@ from luo_core._abi import Manifest, build_manifest, plan_versions
 from luo_core._errors import (
     CallbackError,
     ExistsError,
+    HandoffError,
     InvalidTransitionError,
     KernelGoneError,
     NotFoundError,
@@ -100,8 +101,7 @@ class Kernel:
         )
         self._handed = handed
         incoming, corrupted = read_records(self.memory, handed) if handed else ({}, set())
-        meta = read_meta(incoming.pop(META_KEY, None)) if handed is not None else None
-        self._sm = StateMachine(State.UPDATED if meta else State.NORMAL)
+        self._sm = StateMachine(State.UPDATED if handed is not None else State.NORMAL)
         self._gone = False
         self._subsystems: dict[str, Subsystem] = dict(self.registry.subsystems)
         self._preserved = Preserved()
@@ -115,10 +115,10 @@ class Kernel:
         """Timings of the current (or last) live update; ``None`` before any."""
         self.liveupdate_number = handed.liveupdate_number if handed is not None else 0
         """How many live updates led to this kernel (the root's ``liveupdate-number``)."""
-        if meta is None:
+        if handed is None:
             self.devices.probe(self.devices.devices())
         else:
-            self._boot_updated(meta, incoming, corrupted)
+            self._boot_updated(incoming.pop(META_KEY, None), incoming, corrupted)
 
     @classmethod
     def boot(
@@ -367,14 +367,18 @@ class Kernel:
         self.kho.clear()
 
     def _boot_updated(
-        self, stats: UpdateStats, incoming: dict[Key, HandoffRecord], corrupted: set[Key]
+        self,
+        meta: HandoffRecord | None,
+        incoming: dict[Key, HandoffRecord],
+        corrupted: set[Key],
     ) -> None:
         """Next-kernel boot: subsystems get ``boot``, preserved devices get
-        ``restore`` (parents first); the rest are probed afresh."""
-        self.stats = stats
-        kexec = stats.phases["kexec"]
-        kexec.end_ns = now_ns()
-        self._observe("luo_phase_finished", kernel=self, phase="kexec", stats=kexec)
+        ``restore`` (parents first); the rest are probed afresh.
+
+        luo's own statistics from the old kernel are read only once the
+        devices are back: they are not worth a microsecond of blackout.
+        """
+        kexec_end = now_ns()
         self._incoming = incoming
         runner = self._start("restore")
         for sub in self._subsystems.values():
@@ -382,8 +386,19 @@ class Kernel:
             if found is not None:
                 runner.call_quietly(label(found.key), self._sub_steps.boot, sub, found.data)
         ok = restore_devices(runner, self.devices, self._steps, incoming, corrupted)
-        stats.restore_end_ns = now_ns()
-        self._finish_phase(runner, ok=ok)
+        restore_end = now_ns()
+        try:
+            stats = read_meta(meta)
+        except HandoffError as exc:
+            log.error("handoff_meta_malformed", error=str(exc))
+            stats = UpdateStats()
+        self.stats = stats
+        kexec = stats.phases.get("kexec")
+        if kexec is not None:
+            kexec.end_ns = kexec_end
+            self._observe("luo_phase_finished", kernel=self, phase="kexec", stats=kexec)
+        stats.restore_end_ns = restore_end
+        self._finish_phase(runner, ok=ok, end_ns=restore_end)
         log.info(
             "blackout", blackout_us=stats.blackout_us, liveupdate_number=self.liveupdate_number
         )
@@ -420,8 +435,8 @@ class Kernel:
         self._observe("luo_phase_started", kernel=self, phase=phase)
         return runner
 
-    def _finish_phase(self, runner: PhaseRunner, *, ok: bool) -> None:
-        stats = runner.close(ok)
+    def _finish_phase(self, runner: PhaseRunner, *, ok: bool, end_ns: int | None = None) -> None:
+        stats = runner.close(ok, end_ns)
         if self.stats is not None:
             self.stats.phases[stats.phase] = stats
         log.info("phase", phase=stats.phase, ok=ok, duration_us=stats.duration_us)

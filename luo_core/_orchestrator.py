@@ -152,8 +152,8 @@ class PhaseRunner:
         outcome.skipped = sorted((n for n in graph if n not in ran), key=order_key)
         return outcome
 
-    def close(self, ok: bool = True) -> PhaseStats:
-        self.stats.end_ns = now_ns()
+    def close(self, ok: bool = True, end_ns: int | None = None) -> PhaseStats:
+        self.stats.end_ns = now_ns() if end_ns is None else end_ns
         self.stats.ok = ok
         return self.stats
 

@@ -162,3 +162,17 @@ def test_a_device_that_fails_restore_is_left_unbound(journal: list[str]) -> None
     new = old.kexec()
     nic = new.devices[NIC]
     assert (nic.preserved, nic.reclaimed, nic.driver, nic.driver_data) == (True, False, None, None)
+
+
+def test_a_damaged_meta_node_costs_the_statistics_not_the_devices(journal: list[str]) -> None:
+    _, new, _ = updated(journal)
+    assert new.kho_root is not None
+    node = read_root(new.memory, new.kho_root).nodes["luo:meta"]
+    corrupt(new.memory, node.phys, 3)
+    with capture_logs() as logs:
+        again = Kernel(new.machine, new.config, new.kho_root)
+    assert again.devices[NIC].reclaimed
+    assert again.devices[NIC].driver_data == {"counter": 41, "paused": False}
+    assert any(e["event"] == "handoff_meta_malformed" for e in logs)
+    assert again.stats is not None and again.stats.blackout_us is None
+    assert list(again.stats.phases) == ["restore"]
