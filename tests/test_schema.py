@@ -16,15 +16,6 @@ import pytest
 import luo_core.serialization
 from luo_core import HandoffError, LiveUpdateError
 from luo_core.serialization import (
-    decode_state,
-    encode_state,
-    schema_of,
-    section,
-    state,
-)
-from luo_core.serialization._cbor import decode_canonical, encode_canonical, scan
-from luo_core.serialization._manifest import manifest_entry
-from luo_core.serialization._types import (
     DecodeError,
     FieldValueError,
     PhysAddr,
@@ -32,15 +23,22 @@ from luo_core.serialization._types import (
     SchemaError,
     VersionTooNewError,
     VersionTooOldError,
+    decode_state,
+    encode_state,
     s8,
     s16,
     s32,
     s64,
+    schema_of,
+    section,
+    state,
     u8,
     u16,
     u32,
     u64,
 )
+from luo_core.serialization._cbor import decode_canonical, encode_canonical, scan
+from luo_core.serialization._manifest import manifest_entry
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
