@@ -8,26 +8,29 @@ each record with the distribution that provided it.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from luo_core.serialization import schema_of
+from luo_core.serialization._schema import COMPATIBLE
 
 if TYPE_CHECKING:
     from luo_core.devices import Device
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9,._+-]{0,62}$")
+
+def _require_name(what: str, value: object) -> None:
+    """Names and compatibles follow one rule, the same as schema compatibles."""
+    if not isinstance(value, str) or not COMPATIBLE.match(value):
+        raise ValueError(
+            f"{what} {value!r} must be 1-63 chars of [a-z0-9,._+-], "
+            "starting with a letter or digit"
+        )
 
 
 def _check_name(_instance: object, attribute: attrs.Attribute[str], value: str) -> None:
-    if not isinstance(value, str) or not _NAME.match(value):
-        raise ValueError(
-            f"{attribute.name} {value!r} must be 1-63 chars of [a-z0-9,._+-], "
-            "starting with a letter or digit"
-        )
+    _require_name(attribute.name, value)
 
 
 def _compatibles(value: Iterable[str]) -> tuple[str, ...]:
@@ -37,11 +40,7 @@ def _compatibles(value: Iterable[str]) -> tuple[str, ...]:
     if not items:
         raise ValueError("compatible must list at least one string")
     for item in items:
-        if not isinstance(item, str) or not _NAME.match(item):
-            raise ValueError(
-                f"compatible {item!r} must be 1-63 chars of [a-z0-9,._+-], "
-                "starting with a letter or digit"
-            )
+        _require_name("compatible", item)
     return items
 
 

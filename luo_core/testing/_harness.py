@@ -19,8 +19,6 @@ from luo_core._records import DeviceDriver, DeviceDriverOps, Subsystem
 from luo_core.devices import Device
 from luo_core.testing._contract import Contract
 
-DRIVER_CALLBACKS = ("prepare", "freeze", "cancel", "restore", "finish")
-
 
 class InjectedFault(RuntimeError):
     """The failure the suite injects into a pack's callback."""
@@ -133,10 +131,6 @@ def boot(
     for name in contract.devices:
         kernel.devices.request(name)
     return kernel
-
-
-def same_config_with(kernel: Kernel, pack: object) -> KernelConfig:
-    return KernelConfig([pack], discover=False, workers=kernel.config.workers)
 
 
 def record_of(kernel: Kernel, device: str) -> bytes:
