@@ -52,7 +52,10 @@ def _snapshot(contract: Contract, kernel: Kernel, name: str, when: str) -> Any:
 
 
 def _snapshots(contract: Contract, kernel: Kernel) -> dict[str, Any]:
-    return {name: _snapshot(contract, kernel, name, "for its first snapshot") for name in contract.devices}
+    return {
+        name: _snapshot(contract, kernel, name, "for its first snapshot")
+        for name in contract.devices
+    }
 
 
 def _unchanged(
