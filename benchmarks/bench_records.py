@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from luo_example_nic import NicRecord
 
-from luo_core.serialization import decode_record, decode_state, encode_record, encode_state
+from luo_core.abi import decode_record, decode_state, encode_record, encode_state
 
 T = TypeVar("T")
 

@@ -1,80 +1,70 @@
 """luo: emulate Linux's Live Update Orchestrator to build and test live-update-aware drivers.
 
-Everything a pack author or a test imports is exported here, and only here.
+What a pack author needs is exported here, and only here: the hook marker,
+the registration records and their callback tables, the device a driver
+binds to, the schema declarations of preserved state, and the kernel and
+machine to drive an update.  Errors live in :mod:`luo_core.errors`.
 """
 
-from luo_core._abi import IncompatibleError, ManifestError
-from luo_core._errors import (
-    BusyError,
-    CallbackError,
-    CallbackTimeoutError,
-    DependencyCycleError,
-    DeviceError,
-    ExistsError,
-    HandoffError,
-    InvalidTransitionError,
-    KernelGoneError,
-    LiveUpdateError,
-    NotFoundError,
-    PluginConflictError,
-    PluginError,
-    TryAgainError,
+from luo_core import errors
+from luo_core.abi import (
+    PhysAddr,
+    PhysRange,
+    s8,
+    s16,
+    s32,
+    s64,
+    schema_of,
+    section,
+    state,
+    u8,
+    u16,
+    u32,
+    u64,
 )
-from luo_core._hookspecs import hookimpl, hookspec
-from luo_core._kernel import Kernel, KernelConfig
-from luo_core._records import (
+from luo_core.kernel._hookspecs import hookimpl
+from luo_core.kernel._kernel import Kernel, KernelConfig
+from luo_core.kernel._records import (
     Bus,
     BusOps,
     DeviceDriver,
     DeviceDriverOps,
-    PluginOrigin,
     Subsystem,
     SubsystemOps,
 )
-from luo_core._registry import ENTRY_POINT_GROUP, PackInfo, PluginRegistry, load_plugins
-from luo_core._state import Event, State
-from luo_core._stats import CallbackStat, PhaseStats, UpdateStats
-from luo_core.devices import Device, DeviceTree
+from luo_core.kernel._state import Event, State
+from luo_core.kernel._stats import PhaseStats, UpdateStats
+from luo_core.kernel.devices import Device
 from luo_core.platform import Machine
 
 __all__ = [
-    "ENTRY_POINT_GROUP",
     "Bus",
     "BusOps",
-    "BusyError",
-    "CallbackError",
-    "CallbackStat",
-    "CallbackTimeoutError",
-    "DependencyCycleError",
     "Device",
     "DeviceDriver",
     "DeviceDriverOps",
-    "DeviceError",
-    "DeviceTree",
     "Event",
-    "ExistsError",
-    "HandoffError",
-    "IncompatibleError",
-    "InvalidTransitionError",
     "Kernel",
     "KernelConfig",
-    "KernelGoneError",
-    "LiveUpdateError",
     "Machine",
-    "ManifestError",
-    "NotFoundError",
-    "PackInfo",
     "PhaseStats",
-    "PluginConflictError",
-    "PluginError",
-    "PluginOrigin",
-    "PluginRegistry",
+    "PhysAddr",
+    "PhysRange",
     "State",
     "Subsystem",
     "SubsystemOps",
-    "TryAgainError",
     "UpdateStats",
+    "errors",
     "hookimpl",
-    "hookspec",
-    "load_plugins",
+    "s8",
+    "s16",
+    "s32",
+    "s64",
+    "schema_of",
+    "section",
+    "state",
+    "u8",
+    "u16",
+    "u32",
+    "u64",
 ]

@@ -14,8 +14,9 @@ import luo_example_nic
 from luo_example_nic import COMPATIBLE, DRIVER, NicRecord, NicState
 from luo_example_nic._nic import NicOps
 
-from luo_core import Device, DeviceDriver, DeviceError, hookimpl
-from luo_core.serialization import state, u16, u64
+from luo_core import Device, DeviceDriver, hookimpl
+from luo_core.abi import state, u16, u64
+from luo_core.errors import DeviceError
 from luo_core.testing import Contract
 
 

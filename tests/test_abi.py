@@ -18,7 +18,6 @@ from luo_example_nic import SUBSYSTEM, FdbOps, FdbRecord, NicState, transmit
 from structlog.testing import capture_logs
 
 from luo_core import (
-    CallbackError,
     Device,
     DeviceDriver,
     DeviceDriverOps,
@@ -28,10 +27,11 @@ from luo_core import (
     Subsystem,
     hookimpl,
 )
-from luo_core._abi import IncompatibleError, compare_manifests, load_manifest
+from luo_core.abi import state, u16, u64
 from luo_core.cli import main
+from luo_core.errors import CallbackError, IncompatibleError
+from luo_core.kernel._preflight import compare_manifests, load_manifest
 from luo_core.platform import EXAMPLE_NIC, default_host
-from luo_core.serialization import state, u16, u64
 
 NIC = "0000:01:00.0"
 
@@ -231,7 +231,7 @@ def test_a_damaged_handoff_file_is_one_line_and_non_zero(
 def test_luo_demo_save_handoff_checksums_every_node(tmp_path: Path) -> None:
     saved = tmp_path / "handoff.luo"
     assert main(["demo", "--save-handoff", str(saved)]) == 0
-    from luo_core.kho import load_image, read_root
+    from luo_core.abi import load_image, read_root
 
     memory, root = load_image(saved.read_bytes())
     handed = read_root(memory, root)

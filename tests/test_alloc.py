@@ -20,8 +20,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from luo_core import LiveUpdateError
-from luo_core.memory import MAX_ORDER, AllocatorError, OutOfMemoryError, PageAllocator
+from luo_core.errors import AllocatorError, LiveUpdateError, OutOfMemoryError
+from luo_core.kernel._alloc import MAX_ORDER, PageAllocator
 
 PAGE = 4096
 GIB = 1 << 30

@@ -10,21 +10,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from luo_core.serialization import decode_state, encode_state, schema_of
-from luo_core.serialization._cbor import MAX_DEPTH, canonical, decode_canonical, scan
-from luo_core.serialization._envelope import decode_record, encode_record
-from luo_core.serialization._types import (
+from luo_core.abi import decode_state, encode_state, schema_of
+from luo_core.abi._cbor import MAX_DEPTH, canonical, decode_canonical, scan
+from luo_core.abi._envelope import decode_record, encode_record
+from luo_core.abi._types import (
     ClassType,
-    DecodeError,
     EnumType,
-    EnvelopeError,
     FieldType,
     IntType,
     OptionalType,
     ScalarType,
-    SchemaError,
     SequenceType,
 )
+from luo_core.errors import DecodeError, EnvelopeError, SchemaError
 from tests.test_schema import Everything, NicWithSections, Queue, everything
 
 TYPED = (DecodeError, SchemaError)

@@ -8,22 +8,15 @@ from collections.abc import Iterator
 import pytest
 from structlog.testing import capture_logs
 
-from luo_core import (
-    Bus,
+from luo_core import Bus, Device, DeviceDriver, DeviceDriverOps, Kernel, Machine, State, hookimpl
+from luo_core.errors import (
     BusyError,
     DependencyCycleError,
-    Device,
-    DeviceDriver,
-    DeviceDriverOps,
     DeviceError,
     InvalidTransitionError,
-    Kernel,
-    Machine,
     NotFoundError,
-    State,
-    hookimpl,
 )
-from luo_core.devices import freeze_graph, restore_graph, static_order
+from luo_core.kernel.devices import freeze_graph, restore_graph, static_order
 from luo_core.platform import EXAMPLE_NIC, HOST_BRIDGE, PCI_BRIDGE, default_host, flat_host
 from tests.journal import JournalPack
 

@@ -19,10 +19,10 @@ import structlog
 from structlog.testing import capture_logs
 
 import luo_core
-from luo_core._hookspecs import PROJECT, LuoSpec
+from luo_core.kernel._hookspecs import PROJECT, LuoSpec
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-SPEC = "luo_core._hookspecs.LuoSpec"
+SPEC = "luo_core.kernel._hookspecs.LuoSpec"
 HOOKS = sorted(name for name in dir(LuoSpec) if name.startswith("luo_"))
 PAGES = sorted(
     page.name for page in DOCS.glob("*.rst") if ">>>" in page.read_text(encoding="utf-8")
@@ -142,7 +142,9 @@ def test_api_page_documents_every_public_name() -> None:
                 options.get("exclude-members")
             )
         module, _, name = directive.target.rpartition(".")
-        if directive.kind != "automodule" and module == "luo_core":
+        if module == "luo_core" and (
+            directive.kind != "automodule" or name in luo_core.__all__  # a public namespace
+        ):
             documented.add(name)
     assert set(luo_core.__all__) - documented == set(), "public names missing from docs/api.rst"
     assert documented - set(luo_core.__all__) == set(), "docs/api.rst documents private names"

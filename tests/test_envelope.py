@@ -8,9 +8,8 @@ import zlib
 
 import pytest
 
-from luo_core import HandoffError
-from luo_core.serialization import encode_state
-from luo_core.serialization._envelope import (
+from luo_core.abi import encode_state
+from luo_core.abi._envelope import (
     MAGIC,
     MAX_PAYLOAD,
     OVERHEAD,
@@ -20,7 +19,7 @@ from luo_core.serialization._envelope import (
     seal,
     unseal,
 )
-from luo_core.serialization._types import EnvelopeError, SchemaError
+from luo_core.errors import EnvelopeError, HandoffError, SchemaError
 from tests.test_schema import Mode, Queue, RingV2, RingV3, everything
 
 RECORD = seal("luo,q", 7, b"\xa0")

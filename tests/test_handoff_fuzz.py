@@ -3,7 +3,7 @@
 A saved handoff (the KHO root and node blobs of a real update) is truncated,
 bit-flipped, spliced and overwritten; reading it the way the next kernel does
 (image → root → node checksums → envelopes → schemas) must either succeed or
-raise a :class:`~luo_core.LiveUpdateError`, never crash or hang.
+raise a :class:`~luo_core.errors.LiveUpdateError`, never crash or hang.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from luo_example_nic import transmit
 
-from luo_core import Kernel, LiveUpdateError
+from luo_core import Kernel
+from luo_core.abi import load_image, read_root, save_image
 from luo_core.cli._inspect import describe
-from luo_core.kho import load_image, read_root, save_image
+from luo_core.errors import LiveUpdateError
 from luo_core.platform import PhysicalMemory, default_host
 
 

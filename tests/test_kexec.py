@@ -7,10 +7,10 @@ import json
 import pytest
 from structlog.testing import capture_logs
 
-from luo_core import HandoffError, Kernel, KernelConfig, State
-from luo_core.kho import read_root
+from luo_core import Kernel, KernelConfig, State
+from luo_core.abi import read_root, unseal
+from luo_core.errors import HandoffError
 from luo_core.platform import PhysicalMemory, default_host
-from luo_core.serialization import unseal
 from tests.journal import JournalPack
 
 NIC = "0000:01:00.0"

@@ -8,10 +8,11 @@ from collections.abc import Iterator
 import pytest
 
 from luo_core import Kernel, Machine, Subsystem, SubsystemOps, hookimpl
-from luo_core.kho import KexecHandover, KhoError, MemRange, read_root
-from luo_core.memory import OutOfMemoryError, PageAllocator
+from luo_core.abi import MemRange, read_root, unseal
+from luo_core.errors import KhoError, OutOfMemoryError
+from luo_core.kernel._alloc import PageAllocator
+from luo_core.kernel._kho import KexecHandover
 from luo_core.platform import PhysicalMemory
-from luo_core.serialization import unseal
 
 PAGE = 4096
 MIB = 1 << 20

@@ -14,9 +14,10 @@ from typing import Any
 import attrs
 import pytest
 
-from luo_core.serialization._manifest import Finding, compare_entries, manifest_entry
-from luo_core.serialization._schema import schema_of, section, state
-from luo_core.serialization._types import PhysRange, SchemaError, u8, u16, u64
+from luo_core.abi._manifest import Finding, compare_entries, manifest_entry
+from luo_core.abi._schema import schema_of, section, state
+from luo_core.abi._types import PhysRange, u8, u16, u64
+from luo_core.errors import SchemaError
 from tests.test_schema import Mode, Queue
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,7 +104,7 @@ def test_entries_are_json_and_stable_across_runs() -> None:
     assert json.loads(text) == OLD
     program = (
         "import json; from tests.test_manifest import Old; "
-        "from luo_core.serialization._manifest import manifest_entry; "
+        "from luo_core.abi._manifest import manifest_entry; "
         "print(json.dumps(manifest_entry(Old), sort_keys=True))"
     )
     for seed in ("1", "2"):

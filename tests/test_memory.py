@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from luo_core import LiveUpdateError
-from luo_core.platform import PhysicalMemory, PhysicalMemoryError
+from luo_core.errors import LiveUpdateError, PhysicalMemoryError
+from luo_core.platform import PhysicalMemory
 
 PAGE = PhysicalMemory.PAGE_SIZE
 MIB = 1 << 20

@@ -25,20 +25,18 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from luo_core import (
-    ENTRY_POINT_GROUP,
-    DeviceDriver,
-    Kernel,
-    Machine,
-    PackInfo,
-    PluginConflictError,
-    PluginOrigin,
-    PluginRegistry,
-    Subsystem,
-    load_plugins,
-)
-from luo_core._registry import DISABLE_ENV, normalize
+from luo_core import DeviceDriver, Kernel, Machine, Subsystem
 from luo_core.cli import main
+from luo_core.errors import PluginConflictError
+from luo_core.kernel._records import PluginOrigin
+from luo_core.kernel._registry import (
+    DISABLE_ENV,
+    ENTRY_POINT_GROUP,
+    PackInfo,
+    PluginRegistry,
+    load_plugins,
+    normalize,
+)
 from luo_core.platform import EXAMPLE_NIC
 
 EXAMPLE_PACK = "luo-example-nic"

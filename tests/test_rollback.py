@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from luo_core import CallbackError, Kernel, State
+from luo_core import Kernel, State
+from luo_core.errors import CallbackError
 from luo_core.platform import default_host
 from tests.journal import Boom, JournalPack
 
@@ -174,7 +175,8 @@ def test_rollback_is_reported_to_observers(journal: list[str]) -> None:
 def test_a_hung_callback_times_out_and_rolls_back(journal: list[str]) -> None:
     import threading
 
-    from luo_core import CallbackTimeoutError, KernelConfig, Subsystem, SubsystemOps
+    from luo_core import KernelConfig, Subsystem, SubsystemOps
+    from luo_core.errors import CallbackTimeoutError
 
     release = threading.Event()
 

@@ -13,16 +13,10 @@ import attrs
 import cbor2
 import pytest
 
-import luo_core.serialization
-from luo_core import HandoffError, LiveUpdateError
-from luo_core.serialization import (
-    DecodeError,
-    FieldValueError,
+import luo_core.abi
+from luo_core.abi import (
     PhysAddr,
     PhysRange,
-    SchemaError,
-    VersionTooNewError,
-    VersionTooOldError,
     decode_state,
     encode_state,
     s8,
@@ -37,17 +31,26 @@ from luo_core.serialization import (
     u32,
     u64,
 )
-from luo_core.serialization._cbor import decode_canonical, encode_canonical, scan
-from luo_core.serialization._manifest import manifest_entry
+from luo_core.abi._cbor import decode_canonical, encode_canonical, scan
+from luo_core.abi._manifest import manifest_entry
+from luo_core.errors import (
+    DecodeError,
+    FieldValueError,
+    HandoffError,
+    LiveUpdateError,
+    SchemaError,
+    VersionTooNewError,
+    VersionTooOldError,
+)
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
 def test_pack_authors_find_everything_in_luo_core_serialization() -> None:
     for name in ("state", "section", "schema_of", "u8", "s64", "PhysAddr", "PhysRange"):
-        assert name in luo_core.serialization.__all__
+        assert name in luo_core.abi.__all__
     for name in ("encode_state", "decode_state", "encode_record", "decode_record"):
-        assert callable(getattr(luo_core.serialization, name))
+        assert callable(getattr(luo_core.abi, name))
 
 
 class Mode(enum.Enum):

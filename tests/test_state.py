@@ -14,23 +14,25 @@ import pytest
 from structlog.testing import capture_logs
 
 from luo_core import (
-    BusyError,
     DeviceDriver,
     DeviceDriverOps,
-    ExistsError,
-    InvalidTransitionError,
     Kernel,
-    KernelGoneError,
     Machine,
-    NotFoundError,
-    PluginConflictError,
     State,
     Subsystem,
     SubsystemOps,
-    TryAgainError,
     hookimpl,
 )
-from luo_core._state import TRANSITIONS, Event, StateMachine
+from luo_core.errors import (
+    BusyError,
+    ExistsError,
+    InvalidTransitionError,
+    KernelGoneError,
+    NotFoundError,
+    PluginConflictError,
+    TryAgainError,
+)
+from luo_core.kernel._state import TRANSITIONS, Event, StateMachine
 from tests.journal import JournalPack
 
 

@@ -15,14 +15,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from luo_core import (
-    CallbackError,
-    Kernel,
-    LiveUpdateError,
-    State,
-    Subsystem,
-    SubsystemOps,
-)
+from luo_core import Kernel, State, Subsystem, SubsystemOps
+from luo_core.errors import CallbackError, LiveUpdateError
 from luo_core.platform import default_host
 from tests.journal import JournalPack
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import luo_example_nic
 import pytest
 
-from luo_core import LiveUpdateError
+from luo_core.errors import LiveUpdateError
 from luo_core.testing import (
     check_cancel,
     check_deterministic,

@@ -6,9 +6,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from luo_core._abi import build_manifest, compare_manifests, dump_manifest, load_manifest
-from luo_core._registry import load_plugins
-from luo_core.devices import _builtin
+from luo_core.kernel._preflight import (
+    build_manifest,
+    compare_manifests,
+    dump_manifest,
+    load_manifest,
+)
+from luo_core.kernel._registry import load_plugins
+from luo_core.kernel.devices import _builtin
 
 
 def add_parser(verbs: Any) -> None:

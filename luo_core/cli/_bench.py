@@ -13,10 +13,10 @@ import statistics
 from collections.abc import Iterator
 from typing import Any
 
-from luo_core._hookspecs import hookimpl
-from luo_core._kernel import Kernel
-from luo_core._records import DeviceDriver, DeviceDriverOps
 from luo_core.cli._args import positive_int
+from luo_core.kernel._hookspecs import hookimpl
+from luo_core.kernel._kernel import Kernel
+from luo_core.kernel._records import DeviceDriver, DeviceDriverOps
 from luo_core.platform import flat_host
 
 NULL_COMPATIBLE = "luo,bench-null"

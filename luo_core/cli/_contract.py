@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from luo_core._errors import LiveUpdateError
+from luo_core.errors import LiveUpdateError
 
 
 def add_parser(verbs: Any) -> None:

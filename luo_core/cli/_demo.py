@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from luo_core._errors import DeviceError
-from luo_core._kernel import Kernel
+from luo_core.abi import save_image
 from luo_core.cli._args import positive_int
-from luo_core.devices import Device
-from luo_core.kho import save_image
+from luo_core.errors import DeviceError
+from luo_core.kernel._kernel import Kernel
+from luo_core.kernel.devices import Device
 from luo_core.platform import default_host
 
 

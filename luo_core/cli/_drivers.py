@@ -6,9 +6,9 @@ import argparse
 import json
 from typing import Any
 
-from luo_core._records import Bus, DeviceDriver, Record
-from luo_core._registry import PluginRegistry, load_plugins
-from luo_core.devices import _builtin
+from luo_core.kernel._records import Bus, DeviceDriver, Record
+from luo_core.kernel._registry import PluginRegistry, load_plugins
+from luo_core.kernel.devices import _builtin
 
 
 def add_parser(verbs: Any) -> None:

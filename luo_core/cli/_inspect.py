@@ -9,12 +9,11 @@ from typing import Any
 
 import attrs
 
-from luo_core._errors import HandoffError
-from luo_core._records import DeviceDriver, Subsystem
-from luo_core._registry import load_plugins
-from luo_core.devices import _builtin
-from luo_core.kho import load_image, read_root
-from luo_core.serialization import decode_state, schema_of, unseal
+from luo_core.abi import decode_state, load_image, read_root, schema_of, unseal
+from luo_core.errors import HandoffError
+from luo_core.kernel._records import DeviceDriver, Subsystem
+from luo_core.kernel._registry import load_plugins
+from luo_core.kernel.devices import _builtin
 
 
 def add_parser(verbs: Any) -> None:

@@ -9,9 +9,8 @@ from collections.abc import Sequence
 
 import structlog
 
-from luo_core._errors import LiveUpdateError
 from luo_core.cli import _abi, _bench, _contract, _demo, _drivers, _inspect, _scaffold
-from luo_core.platform import MachineError
+from luo_core.errors import LiveUpdateError, MachineError
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2

@@ -1,8 +1,8 @@
-"""The emulated machine (hardware side); it never imports the kernel side."""
+"""The emulated hardware: physical memory, machines, hosts.  It never imports the kernel side."""
 
 from luo_core.platform._hosts import EXAMPLE_NIC, HOST_BRIDGE, PCI_BRIDGE, default_host, flat_host
-from luo_core.platform._machine import HardwareDevice, Machine, MachineError
-from luo_core.platform._memory import PhysicalMemory, PhysicalMemoryError
+from luo_core.platform._machine import HardwareDevice, Machine
+from luo_core.platform._memory import PhysicalMemory
 
 __all__ = [
     "EXAMPLE_NIC",
@@ -10,9 +10,7 @@ __all__ = [
     "PCI_BRIDGE",
     "HardwareDevice",
     "Machine",
-    "MachineError",
     "PhysicalMemory",
-    "PhysicalMemoryError",
     "default_host",
     "flat_host",
 ]

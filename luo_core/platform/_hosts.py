@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from luo_core.platform._machine import Machine, MachineError
+from luo_core.errors import MachineError
+from luo_core.platform._machine import Machine
 
 EXAMPLE_NIC = "luo,example-nic"
 HOST_BRIDGE = "pci-host-bridge"

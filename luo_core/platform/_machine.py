@@ -13,13 +13,10 @@ import re
 
 import attrs
 
+from luo_core.errors import MachineError
 from luo_core.platform._memory import PhysicalMemory
 
 _BDF = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$")
-
-
-class MachineError(ValueError):
-    """The machine description is inconsistent (unknown parent, bad BDF...)."""
 
 
 @attrs.define(eq=False)

@@ -18,15 +18,9 @@ import weakref
 from types import TracebackType
 from typing import Final
 
-from luo_core._errors import LiveUpdateError
+from luo_core.errors import PhysicalMemoryError
 
 _FILL_CHUNK = 1 << 20
-
-
-class PhysicalMemoryError(LiveUpdateError):
-    """An access outside physical memory (``EFAULT``), or memory misused (other errno)."""
-
-    errno = errno.EFAULT
 
 
 class PhysicalMemory:

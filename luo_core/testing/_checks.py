@@ -12,16 +12,11 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from luo_core._errors import CallbackError, LiveUpdateError
-from luo_core._kernel import Kernel
-from luo_core._preserved import Preserved
-from luo_core._state import State
-from luo_core.serialization import (
-    VersionTooNewError,
-    schema_of,
-    seal,
-    unseal,
-)
+from luo_core.abi import schema_of, seal, unseal
+from luo_core.errors import CallbackError, LiveUpdateError, VersionTooNewError
+from luo_core.kernel._kernel import Kernel
+from luo_core.kernel._preserved import Preserved
+from luo_core.kernel._state import State
 from luo_core.testing._contract import Contract
 from luo_core.testing._harness import boot, contracts_of, record_of
 

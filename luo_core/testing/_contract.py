@@ -13,8 +13,8 @@ from typing import Any
 
 import attrs
 
-from luo_core._records import PluginOrigin
-from luo_core.devices import Device
+from luo_core.kernel._records import PluginOrigin
+from luo_core.kernel.devices import Device
 from luo_core.platform import Machine
 
 CAPABILITIES = {

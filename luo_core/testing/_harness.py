@@ -13,10 +13,10 @@ from typing import Any
 import attrs
 import pluggy
 
-from luo_core._hookspecs import PROJECT, LuoSpec, hookimpl
-from luo_core._kernel import Kernel, KernelConfig
-from luo_core._records import DeviceDriver, DeviceDriverOps, Subsystem
-from luo_core.devices import Device
+from luo_core.kernel._hookspecs import PROJECT, LuoSpec, hookimpl
+from luo_core.kernel._kernel import Kernel, KernelConfig
+from luo_core.kernel._records import DeviceDriver, DeviceDriverOps, Subsystem
+from luo_core.kernel.devices import Device
 from luo_core.testing._contract import Contract
 
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from luo_core._errors import PluginError
-from luo_core._registry import ENTRY_POINT_GROUP, normalize
+from luo_core.errors import PluginError
+from luo_core.kernel._registry import ENTRY_POINT_GROUP, normalize
 from luo_core.testing._harness import contracts_of
 from luo_core.testing._suite import DriverPackContract
 

@@ -14,9 +14,9 @@ from hypothesis import Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from luo_core._errors import InvalidTransitionError
-from luo_core._kernel import Kernel
-from luo_core._state import TRANSITIONS, Event, State
+from luo_core.errors import InvalidTransitionError
+from luo_core.kernel._kernel import Kernel
+from luo_core.kernel._state import TRANSITIONS, Event, State
 from luo_core.testing._contract import Contract
 from luo_core.testing._harness import boot
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import attrs
 
 from luo_core import SubsystemOps
-from luo_core.serialization import state, u64
+from luo_core.abi import state, u64
 
 SUBSYSTEM = "example-nic-fdb"
 

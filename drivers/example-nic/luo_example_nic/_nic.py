@@ -16,8 +16,9 @@ from typing import Any
 
 import attrs
 
-from luo_core import BusyError, Device, DeviceDriverOps, DeviceError
-from luo_core.serialization import schema_of, state, u16, u64
+from luo_core import Device, DeviceDriverOps
+from luo_core.abi import schema_of, state, u16, u64
+from luo_core.errors import BusyError, DeviceError
 
 COMPATIBLE = "luo,example-nic"
 DRIVER = "example-nic"

@@ -8,7 +8,8 @@ import structlog
 from luo_example_nic import SUBSYSTEM, FdbOps, NicState, transmit
 from structlog.testing import capture_logs
 
-from luo_core import BusyError, Kernel, KernelConfig, State
+from luo_core import Kernel, KernelConfig, State
+from luo_core.errors import BusyError
 from luo_core.platform import default_host
 
 NIC = "0000:01:00.0"

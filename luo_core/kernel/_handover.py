@@ -1,0 +1,146 @@
+"""Where a kernel's memory comes from, and how participants' records cross kexec.
+
+A kernel boots with nothing allocatable; it reads the previous kernel's KHO
+root (which needs no allocation), then takes every page that is neither
+preserved nor in the scratch area.  The scratch area is never preserved and
+never handed out: it is where a real kernel keeps its early-boot allocations,
+so a preserved page can never be overwritten by the kernel that inherits it.
+
+Participants' records are KHO nodes named ``kind:name``, written during
+prepare (and rewritten by freeze only when they changed), so kexec itself has
+only the root left to write.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import attrs
+import structlog
+
+from luo_core.abi import HandedOver, MemRange
+from luo_core.abi._kho import find_containing
+from luo_core.errors import HandoffError
+from luo_core.kernel._alloc import PageAllocator
+from luo_core.kernel._kho import KexecHandover
+from luo_core.kernel._orchestrator import PhaseRunner
+from luo_core.kernel._participants import DEVICE, DeviceSteps, Key, device_key, label
+from luo_core.kernel.devices import Device, DeviceTree, restore_graph
+from luo_core.platform import PhysicalMemory
+
+log = structlog.get_logger("luo")
+
+
+@attrs.frozen
+class HandoffRecord:
+    """One KHO node as the next kernel reads it: whose, and its sealed bytes."""
+
+    kind: str
+    name: str
+    compatible: str
+    data: bytes
+
+    @property
+    def key(self) -> Key:
+        return (self.kind, self.name)
+
+
+def node_name(key: Key) -> str:
+    return f"{key[0]}:{key[1]}"
+
+
+def boot_allocator(memory: PhysicalMemory) -> PageAllocator:
+    """The allocator of a kernel that has not yet read the handoff: nothing free."""
+    return PageAllocator(memory.size, page_size=memory.PAGE_SIZE, free=[])
+
+
+def claim_memory(allocator: PageAllocator, scratch: MemRange, handed: HandedOver | None) -> None:
+    """Take all memory but the scratch area and what the previous kernel preserved."""
+    taken = sorted([scratch, *(handed.preserved if handed else ())])
+    for a, b in itertools.pairwise(taken):
+        if a.overlaps(b):
+            raise HandoffError(f"preserved range {b} overlaps {a}")
+    cursor = 0
+    for area in taken:
+        if area.start > cursor:
+            allocator.release(cursor, area.start - cursor)
+        cursor = max(cursor, area.end)
+    if cursor < allocator.size:
+        allocator.release(cursor, allocator.size - cursor)
+
+
+def read_records(
+    memory: PhysicalMemory, handed: HandedOver
+) -> tuple[dict[Key, HandoffRecord], set[Key]]:
+    """Every node of the handoff as a record, and the keys of corrupted nodes
+    (logged; their participants cannot be restored)."""
+    records: dict[Key, HandoffRecord] = {}
+    corrupted: set[Key] = set()
+    for name, node in handed.nodes.items():
+        kind, _, participant = name.partition(":")
+        try:
+            blob = handed.read(memory, name)
+        except HandoffError as exc:
+            log.error("handoff_node_corrupted", node=name, error=str(exc))
+            corrupted.add((kind, participant))
+            continue
+        records[(kind, participant)] = HandoffRecord(kind, participant, node.compatible, blob)
+    return records, corrupted
+
+
+def publish(kho: KexecHandover, key: Key, compatible: str, data: bytes) -> None:
+    """Write (or rewrite) one participant's record as a KHO node."""
+    name = node_name(key)
+    if kho.has_node(name):
+        kho.remove_node(name)
+    kho.add_node(name, compatible, data)
+
+
+def restore_devices(
+    runner: PhaseRunner,
+    tree: DeviceTree,
+    steps: DeviceSteps,
+    incoming: dict[Key, HandoffRecord],
+    corrupted: set[Key],
+) -> bool:
+    """Mark handed-over devices preserved and restore them, parents first.
+
+    A device whose record is corrupted or unreadable, or whose driver's
+    restore fails, is left unbound, and so are the devices depending on it.
+    Returns whether every restore succeeded.
+    """
+    handed: list[Device] = []
+    for kind, name in sorted({*incoming, *corrupted}):
+        if kind != DEVICE:
+            continue
+        if name not in tree:
+            log.error("handed_over_device_missing", device=name)
+            continue
+        dev = tree[name]
+        dev._preserved = True
+        handed.append(dev)
+
+    def restore(dev: Device) -> None:
+        record = incoming.get(device_key(dev))
+        if record is None:
+            raise HandoffError(f"the handoff record of {dev.name} is corrupted")
+        runner.call(label(device_key(dev)), steps.restore, dev, record.data)
+        dev._reclaimed = True
+
+    outcome = runner.run_graph(
+        restore_graph(handed), restore, lambda d: d.index, stop_on_error=False
+    )
+    for dev, exc in outcome.failed:
+        dev.driver = None  # never leave a half-restored device bound
+        log.error("restore_failed", device=dev.name, error=f"{type(exc).__name__}: {exc}")
+    for dev in outcome.skipped:
+        dev.driver = None
+        log.error("restore_skipped", device=dev.name, reason="a dependency failed to restore")
+    return not outcome.failed
+
+
+def kho_owned(handed: HandedOver) -> list[MemRange]:
+    """Preserved ranges holding the root or node blobs (the rest are participants')."""
+    spans = [handed.root] + [MemRange(n.phys, max(n.length, 1)) for n in handed.nodes.values()]
+    owned = {find_containing(handed.preserved, span) for span in spans}
+    return sorted(r for r in owned if r is not None)

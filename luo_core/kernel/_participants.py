@@ -1,0 +1,99 @@
+"""Adapters from participants' callback tables to the orchestrator's steps.
+
+A participant is a subsystem or a device; its key ``(kind, name)`` is also its
+KHO node name, and ``label`` is how logs, stats and errors name it.  Values a
+participant preserves go through :class:`~luo_core.kernel._preserved.Preserved`,
+which seals them as they are kept and opens them in the next kernel.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from luo_core.errors import DeviceError
+from luo_core.kernel._records import Bus, Subsystem
+
+if TYPE_CHECKING:
+    from luo_core.kernel._preserved import Preserved
+    from luo_core.kernel.devices import Device
+
+Key = tuple[str, str]
+DEVICE = "device"
+SUBSYSTEM = "subsystem"
+
+
+def label(key: Key) -> str:
+    return f"{key[0]}:{key[1]}"
+
+
+def device_key(dev: Device) -> Key:
+    return (DEVICE, dev.name)
+
+
+def subsystem_key(sub: Subsystem) -> Key:
+    return (SUBSYSTEM, sub.name)
+
+
+class SubsystemSteps:
+    """The subsystem callbacks of each phase, with what they preserve."""
+
+    def __init__(self, preserved: Preserved) -> None:
+        self.preserved = preserved
+
+    def prepare(self, sub: Subsystem) -> None:
+        self.preserved.keep(subsystem_key(sub), sub.name, sub.schema, sub.ops.prepare())
+
+    def freeze(self, sub: Subsystem) -> None:
+        key = subsystem_key(sub)
+        value = sub.ops.freeze(self.preserved.values[key])
+        self.preserved.keep(key, sub.name, sub.schema, value)
+
+    def cancel(self, sub: Subsystem) -> None:
+        sub.ops.cancel(self.preserved.values[subsystem_key(sub)])
+
+    def boot(self, sub: Subsystem, blob: bytes) -> None:
+        sub.ops.boot(self.preserved.open(subsystem_key(sub), sub.name, sub.schema, blob))
+
+    def finish(self, sub: Subsystem) -> None:
+        sub.ops.finish(self.preserved.values.get(subsystem_key(sub)))
+
+
+class DeviceSteps:
+    """The per-device callbacks of each phase: driver first or bus first, as
+    the phase requires."""
+
+    def __init__(self, buses: dict[str, Bus], preserved: Preserved) -> None:
+        self.buses = buses
+        self.preserved = preserved
+
+    def prepare(self, dev: Device) -> None:
+        assert dev.driver is not None
+        value = dev.driver.ops.prepare(dev)
+        self.preserved.keep(device_key(dev), dev.driver.name, dev.driver.schema, value)
+
+    def freeze(self, dev: Device) -> None:
+        assert dev.driver is not None
+        key = device_key(dev)
+        value = dev.driver.ops.freeze(dev, self.preserved.values[key])
+        self.preserved.keep(key, dev.driver.name, dev.driver.schema, value)
+        self.buses[dev.bus].ops.freeze(dev)
+
+    def cancel(self, dev: Device) -> None:
+        assert dev.driver is not None
+        self.buses[dev.bus].ops.cancel(dev)
+        dev.driver.ops.cancel(dev, self.preserved.values[device_key(dev)])
+
+    def restore(self, dev: Device, blob: bytes) -> None:
+        if dev.driver is None:
+            raise DeviceError(f"no driver in this kernel for compatible {dev.compatible!r}")
+        bus = self.buses.get(dev.bus)
+        if bus is None:
+            raise DeviceError(f"bus {dev.bus!r} is not registered in this kernel")
+        value = self.preserved.open(device_key(dev), dev.driver.name, dev.driver.schema, blob)
+        bus.ops.restore(dev)
+        dev.driver.ops.restore(dev, value)
+
+    def finish(self, dev: Device) -> None:
+        assert dev.driver is not None
+        dev.driver.ops.finish(dev, self.preserved.values.get(device_key(dev)))
+        self.buses[dev.bus].ops.finish(dev)

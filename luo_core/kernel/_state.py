@@ -1,0 +1,104 @@
+"""The global live-update state machine: states, events, legal transitions, one at a time."""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from luo_core.errors import BusyError, InvalidTransitionError, LiveUpdateError, TryAgainError
+
+
+class State(enum.Enum):
+    """Global live-update state, as in the LUO RFCs."""
+
+    NORMAL = "normal"
+    PREPARED = "prepared"
+    FROZEN = "frozen"
+    UPDATED = "updated"
+
+
+class Event(enum.Enum):
+    """Events that move the global state."""
+
+    PREPARE = "prepare"
+    FREEZE = "freeze"
+    CANCEL = "cancel"
+    FINISH = "finish"
+
+
+TRANSITIONS: dict[tuple[State, Event], State] = {
+    (State.NORMAL, Event.PREPARE): State.PREPARED,
+    (State.PREPARED, Event.FREEZE): State.FROZEN,
+    (State.PREPARED, Event.CANCEL): State.NORMAL,
+    (State.FROZEN, Event.CANCEL): State.NORMAL,
+    (State.UPDATED, Event.FINISH): State.NORMAL,
+}
+"""Every legal ``(state, event) -> new state``; anything else is ``EINVAL``."""
+
+REGISTRATION_STATES = frozenset({State.NORMAL, State.UPDATED})
+"""States in which participants may register or unregister (else ``EBUSY``)."""
+
+
+class StateMachine:
+    """Holds the global state and serialises transitions.
+
+    A second caller that arrives while a transition runs gets
+    :class:`BusyError` (``EBUSY``) at once; with ``timeout`` it waits up to that
+    many seconds for the first to end and then gets :class:`TryAgainError`
+    (``EAGAIN``).  The state changes only when the transition body succeeds.
+    """
+
+    def __init__(self, initial: State = State.NORMAL) -> None:
+        self._state = initial
+        self._lock = threading.Lock()
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    def target(self, event: Event) -> State:
+        """The state ``event`` leads to from the current state, or ``EINVAL``."""
+        try:
+            return TRANSITIONS[(self._state, event)]
+        except KeyError:
+            raise InvalidTransitionError(
+                f"{event.value}: not allowed in state {self._state.value}"
+            ) from None
+
+    @contextmanager
+    def hold(
+        self,
+        what: str,
+        timeout: float | None = None,
+        allowed: frozenset[State] | None = None,
+        error: type[LiveUpdateError] = BusyError,
+    ) -> Iterator[State]:
+        """Hold the machine for ``what``; refuse it (with ``error``) outside
+        ``allowed`` states.  Yields the current state."""
+        if timeout is None:
+            if not self._lock.acquire(blocking=False):
+                raise BusyError(f"{what}: another live-update transition is in progress")
+        elif not self._lock.acquire(timeout=timeout):
+            raise TryAgainError(f"{what}: a transition still ran after waiting {timeout:g}s")
+        try:
+            if allowed is not None and self._state not in allowed:
+                raise error(f"{what}: not allowed in state {self._state.value}")
+            yield self._state
+        finally:
+            self._lock.release()
+
+    @contextmanager
+    def transition(self, event: Event, timeout: float | None = None) -> Iterator[State]:
+        """Hold the machine for ``event`` and yield the state it leads to.
+
+        The body commits with :meth:`force` (to the target, or to ``normal``
+        on rollback); if it raises without forcing, the state is unchanged.
+        """
+        with self.hold(event.value, timeout):
+            yield self.target(event)
+
+    def force(self, state: State) -> None:
+        """Set the state from inside a held transition (commit or rollback)."""
+        self._state = state

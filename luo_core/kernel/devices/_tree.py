@@ -1,0 +1,244 @@
+"""The kernel's device tree and the ``dev_liveupdate`` flags of each device.
+
+Devices are enumerated from the machine at boot and bound to drivers by
+compatible.  Each has ``requested`` (read-write), ``preserved`` and
+``reclaimed`` (read-only).  Requesting a device requests its ancestors and its
+suppliers; it is refused unless the global state is ``normal`` and every one of
+them has a live-update-capable driver and bus, sits alone in its IOMMU group,
+and its driver's ``can_preserve`` agrees.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
+from typing import Any
+
+import structlog
+
+from luo_core.errors import BusyError, DependencyCycleError, DeviceError, NotFoundError
+from luo_core.kernel._records import Bus, DeviceDriver
+from luo_core.kernel.devices._order import restore_graph, static_order
+from luo_core.platform import HardwareDevice, Machine
+
+log = structlog.get_logger("luo")
+
+
+class Device:
+    """A device as this kernel sees it; it dies with the kernel.
+
+    ``hw`` is the hardware behind it (which outlives the kernel);
+    ``driver_data`` is the bound driver's private state (``dev_get_drvdata``).
+    """
+
+    def __init__(self, tree: DeviceTree, hw: HardwareDevice, index: int) -> None:
+        self._tree = tree
+        self.hw = hw
+        self.index = index
+        self.name = hw.name
+        self.bus = hw.bus
+        self.compatible = hw.compatible
+        self.iommu_group = hw.iommu_group
+        self.parent: Device | None = None
+        self.children: list[Device] = []
+        self.suppliers: list[Device] = []
+        self.consumers: list[Device] = []
+        self.driver: DeviceDriver | None = None
+        self.driver_data: Any = None
+        self._requested = False
+        self._preserved = False
+        self._reclaimed = False
+
+    def __repr__(self) -> str:
+        return f"<Device {self.name} {self.compatible}>"
+
+    @property
+    def requested(self) -> bool:
+        """Preserve this device across the next live update (read-write)."""
+        return self._requested
+
+    @requested.setter
+    def requested(self, value: bool) -> None:
+        if value:
+            self._tree.request(self.name)
+        else:
+            self._tree.release(self.name)
+
+    @property
+    def preserved(self) -> bool:
+        """The previous kernel handed this device over (read-only)."""
+        return self._preserved
+
+    @property
+    def reclaimed(self) -> bool:
+        """This kernel's driver restored the handed-over device (read-only)."""
+        return self._reclaimed
+
+    @property
+    def path(self) -> str:
+        node: Device | None = self
+        parts: list[str] = []
+        while node is not None:
+            parts.append(node.name)
+            node = node.parent
+        return "/".join(reversed(parts))
+
+    def ancestors(self) -> Iterator[Device]:
+        node = self.parent
+        while node is not None:
+            yield node
+            node = node.parent
+
+
+class DeviceTree(Mapping[str, Device]):
+    """All devices of one kernel, by name, in enumeration (parents-first) order."""
+
+    def __init__(
+        self,
+        machine: Machine,
+        drivers: Mapping[str, DeviceDriver],
+        buses: Mapping[str, Bus],
+        guard: Callable[[str], AbstractContextManager[object]],
+    ) -> None:
+        self._buses = buses
+        self._guard = guard
+        self._devices: dict[str, Device] = {}
+        groups: dict[int, list[Device]] = defaultdict(list)
+        for index, hw in enumerate(machine.devices.values()):
+            dev = Device(self, hw, index)
+            if hw.parent is not None:
+                dev.parent = self._devices[hw.parent]
+                dev.parent.children.append(dev)
+            dev.driver = drivers.get(hw.compatible)
+            if hw.iommu_group is not None:
+                groups[hw.iommu_group].append(dev)
+            self._devices[dev.name] = dev
+        self._groups = dict(groups)
+        for supplier, consumer in machine.links:
+            self._add_link(self._devices[supplier], self._devices[consumer])
+        if machine.links:  # a tree alone cannot have a cycle
+            static_order(restore_graph(self._devices.values()))
+
+    def __getitem__(self, name: str) -> Device:
+        try:
+            return self._devices[name]
+        except KeyError:
+            raise NotFoundError(f"no device {name!r}") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._devices)
+
+    def __len__(self) -> int:
+        return len(self._devices)
+
+    def probe(self, devices: list[Device]) -> None:
+        """Bind ``devices`` afresh (cold boot, or not preserved); a driver
+        whose probe fails is unbound (``probe_failed``)."""
+        for dev in devices:
+            if dev.driver is None:
+                continue
+            try:
+                dev.driver.ops.probe(dev)
+            except Exception as exc:
+                log.error("probe_failed", device=dev.name, driver=dev.driver.name, error=str(exc))
+                dev.driver = None
+
+    def devices(self) -> list[Device]:
+        return list(self._devices.values())
+
+    def requested(self) -> list[Device]:
+        return [d for d in self._devices.values() if d.requested]
+
+    def iommu_group(self, dev: Device) -> list[Device]:
+        """Every device sharing ``dev``'s IOMMU group (``dev`` included)."""
+        if dev.iommu_group is None:
+            return [dev]
+        return list(self._groups[dev.iommu_group])
+
+    # -- links -----------------------------------------------------------
+
+    def link(self, supplier: str, consumer: str) -> None:
+        """Add a device link; one that would close a cycle is refused (``ELOOP``).
+
+        If ``consumer`` is requested, ``supplier`` (and what it depends on) is
+        requested too, or the link is refused as a request would be.
+        """
+        with self._guard(f"link {supplier} -> {consumer}"):
+            sup, con = self[supplier], self[consumer]
+            if sup is con:
+                raise DeviceError(f"link {supplier} -> {consumer}: a device cannot supply itself")
+            needed = self.dependencies(sup) if con.requested else []
+            self._check_preservable(consumer, needed, via=True)
+            self._add_link(sup, con)
+            try:
+                static_order(restore_graph(self._devices.values()))
+            except DependencyCycleError:
+                sup.consumers.remove(con)
+                con.suppliers.remove(sup)
+                raise
+            for node in needed:
+                node._requested = True
+
+    def _add_link(self, supplier: Device, consumer: Device) -> None:
+        supplier.consumers.append(consumer)
+        consumer.suppliers.append(supplier)
+
+    # -- dev_liveupdate --------------------------------------------------
+
+    def dependencies(self, dev: Device) -> list[Device]:
+        """``dev``, its ancestors, its suppliers and theirs, transitively."""
+        seen: dict[Device, None] = {}
+        stack = [dev]
+        while stack:
+            node = stack.pop()
+            if node in seen:
+                continue
+            seen[node] = None
+            stack.extend(node.suppliers)
+            if node.parent is not None:
+                stack.append(node.parent)
+        return sorted(seen, key=lambda d: d.index)
+
+    def blocker(self, dev: Device) -> str | None:
+        """Why ``dev`` cannot be preserved, or ``None`` if it can."""
+        bus = self._buses.get(dev.bus)
+        if bus is None or not bus.liveupdate:
+            return f"bus {dev.bus!r} has no live-update callbacks"
+        if dev.driver is None:
+            return f"has no driver (compatible {dev.compatible!r})"
+        if not dev.driver.liveupdate:
+            return f"driver {dev.driver.name!r} has no live-update callbacks"
+        group = self.iommu_group(dev)
+        if len(group) > 1:
+            others = ", ".join(d.name for d in group if d is not dev)
+            return f"shares IOMMU group {dev.iommu_group} with {others}"
+        if not dev.driver.ops.can_preserve(dev):
+            return f"driver {dev.driver.name!r} cannot preserve it (can_preserve)"
+        return None
+
+    def request(self, name: str) -> None:
+        """Request ``name`` and everything it depends on, or change nothing."""
+        with self._guard(f"request {name}"):
+            dev = self[name]
+            needed = self.dependencies(dev)
+            self._check_preservable(name, needed, via=False)
+            for node in needed:
+                node._requested = True
+
+    def _check_preservable(self, name: str, needed: list[Device], *, via: bool) -> None:
+        for node in needed:
+            reason = self.blocker(node)
+            if reason is not None:
+                subject = f"it depends on {node.name}, which" if via or node.name != name else "it"
+                raise DeviceError(f"cannot request {name}: {subject} {reason}")
+
+    def release(self, name: str) -> None:
+        """Clear ``requested``; refused (``EBUSY``) while a requested child or
+        consumer still depends on the device."""
+        with self._guard(f"release {name}"):
+            dev = self[name]
+            for user in (*dev.children, *dev.consumers):
+                if user.requested:
+                    raise BusyError(f"cannot release {name}: requested {user.name} depends on it")
+            dev._requested = False
