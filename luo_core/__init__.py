@@ -22,6 +22,7 @@ from luo_core.abi import (
     u32,
     u64,
 )
+from luo_core.abi._stats import PhaseStats, UpdateStats
 from luo_core.kernel._hookspecs import hookimpl
 from luo_core.kernel._kernel import Kernel, KernelConfig
 from luo_core.kernel._records import (
@@ -33,7 +34,6 @@ from luo_core.kernel._records import (
     SubsystemOps,
 )
 from luo_core.kernel._state import Event, State
-from luo_core.kernel._stats import PhaseStats, UpdateStats
 from luo_core.kernel.devices import Device
 from luo_core.platform import Machine
 

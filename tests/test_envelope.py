@@ -33,15 +33,16 @@ def resealed(body: bytes) -> bytes:
 def test_the_layout_is_exactly_as_documented() -> None:
     expected = (
         b"LUOR"  # magic
-        + b"\x01\x00"  # format 1, u16 LE
+        + b"\x02\x00"  # format 2, u16 LE
+        + b"\x00\x00"  # flags, u16 LE
+        + b"\x0b\x00\x00\x00"  # body length, u32 LE
         + b"\x05"  # compatible length
         + b"luo,q"  # compatible
         + b"\x07\x00\x00\x00"  # version, u32 LE
-        + b"\x01\x00\x00\x00"  # payload length, u32 LE
         + b"\xa0"  # payload
     )
     assert expected + struct.pack("<I", zlib.crc32(expected)) == RECORD
-    assert len(RECORD) == OVERHEAD + len("luo,q") + 1 == 25
+    assert len(RECORD) == OVERHEAD + len("luo,q") + 1 == 27
     assert MAGIC == b"LUOR"
 
 
@@ -61,6 +62,11 @@ def test_every_truncation_and_extension_is_refused() -> None:
         unseal(RECORD + b"\x00")
 
 
+def with_body(body: bytes) -> bytes:
+    """A record frame around ``body``, with a correct length and CRC."""
+    return resealed(b"LUOR\x02\x00\x00\x00" + struct.pack("<I", len(body)) + body)
+
+
 def test_every_single_bit_flip_is_refused() -> None:
     record = encode_record(everything())
     for position in range(len(record)):
@@ -76,21 +82,20 @@ def test_every_single_bit_flip_is_refused() -> None:
     [
         (b"LUOR", "truncated: 4 bytes"),
         (b"LUOX" + RECORD[4:], r"not a luo record: magic b'LUOX'"),
-        (resealed(RECORD[:4] + b"\x02\x00" + RECORD[6:-4]), "format 2 is not supported"),
-        (resealed(RECORD[:6] + b"\x00" + RECORD[7:-4]), "compatible length 0 is outside 1..63"),
-        (resealed(RECORD[:6] + b"\x40" + RECORD[7:-4] + b"\x00" * 60), "length 64 is outside"),
-        (resealed(RECORD[:6] + b"\x3f" + RECORD[7:-4]), "the header alone needs more"),
+        (resealed(RECORD[:4] + b"\x01\x00" + RECORD[6:-4]), "format 1 is not supported"),
+        (resealed(RECORD[:6] + b"\x01\x00" + RECORD[8:-4]), "flags 0x1 are not supported"),
+        (resealed(RECORD[:8] + b"\x0c\x00\x00\x00" + RECORD[12:-4]), "does not match"),
         (
-            resealed(RECORD[:16] + b"\x02\x00\x00\x00" + RECORD[20:-4]),
-            "payload length 2 does not match the record size",
-        ),
-        (
-            resealed(RECORD[:16] + b"\xff\xff\xff\xff" + RECORD[20:-4]),
-            "payload of 4294967295 bytes exceeds the 67108864-byte limit",
+            resealed(RECORD[:8] + b"\xff\xff\xff\xff" + RECORD[12:-4]),
+            "body of 4294967295 bytes exceeds the",
         ),
         (RECORD[:-1] + bytes([RECORD[-1] ^ 1]), "checksum mismatch"),
-        (resealed(RECORD[:7] + b"LUO,Q" + RECORD[12:-4]), "'LUO,Q' is not a valid compatible"),
-        (resealed(RECORD[:7] + "luo,é".encode()[:5] + RECORD[12:-4]), "not a valid compatible"),
+        (with_body(b""), "compatible length 0 is outside 1..63"),
+        (with_body(b"\x00luo,q\x07\x00\x00\x00\xa0"), "compatible length 0 is outside 1..63"),
+        (with_body(b"\x40" + b"x" * 70), "length 64 is outside"),
+        (with_body(b"\x05luo,q\x07\x00"), "the header alone needs more"),
+        (with_body(b"\x05LUO,Q\x07\x00\x00\x00\xa0"), "'LUO,Q' is not a valid compatible"),
+        (with_body(b"\x05" + "luo,é".encode()[:5] + b"\x07\x00\x00\x00"), "not a valid"),
     ],
 )
 def test_malformed_envelopes_name_what_is_wrong(blob: bytes, match: str) -> None:

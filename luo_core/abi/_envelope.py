@@ -1,39 +1,51 @@
 """The record envelope: one participant's payload, sealed with its compatible and version.
 
-Layout (little endian)::
+A record is a frame (magic ``LUOR``, see :mod:`luo_core.abi._frame`) whose
+body is (little endian)::
 
-    magic "LUOR" | u16 format | u8 n | compatible (n ASCII bytes, 1..63)
-    | u32 version | u32 payload length L | payload (L bytes) | u32 CRC-32
+    u8 n | compatible (n ASCII bytes, 1..63) | u32 version | payload
 
-The CRC-32 (zlib) covers every byte before it.  :func:`unseal` treats the
-blob as hostile: any malformed input raises :class:`EnvelopeError` naming
-what is wrong, before the payload is looked at.
+:func:`unseal` treats the blob as hostile: the frame is checked (lengths,
+checksum) before the body is looked at, and any malformed input raises
+:class:`EnvelopeError` naming what is wrong.
 """
 
 from __future__ import annotations
 
 import errno
 import struct
-import zlib
 from collections.abc import Mapping
 from typing import Final
 
 import attrs
 
 from luo_core.abi._codec import decode_state, encode_state
+from luo_core.abi._frame import OVERHEAD as FRAME_OVERHEAD
+from luo_core.abi._frame import FrameKind
 from luo_core.abi._schema import COMPATIBLE, schema_of
 from luo_core.errors import EnvelopeError, SchemaError
 
 MAGIC: Final = b"LUOR"
-FORMAT: Final = 1
+FORMAT: Final = 2
 MAX_PAYLOAD: Final = 64 << 20
 """Default limit on a record's payload: 64 MiB."""
 
-_HEAD: Final = struct.Struct("<4sHB")
-_TAIL: Final = struct.Struct("<II")
-_CRC: Final = struct.Struct("<I")
-OVERHEAD: Final = _HEAD.size + _TAIL.size + _CRC.size
-"""Envelope bytes around the compatible and the payload (19)."""
+_NAME_LEN: Final = struct.Struct("<B")
+_VERSION: Final = struct.Struct("<I")
+_MAX_COMPATIBLE: Final = 63
+OVERHEAD: Final = FRAME_OVERHEAD + _NAME_LEN.size + _VERSION.size
+"""Envelope bytes around the compatible and the payload (21)."""
+RECORD: Final = FrameKind(
+    "record",
+    MAGIC,
+    FORMAT,
+    MAX_PAYLOAD + _NAME_LEN.size + _MAX_COMPATIBLE + _VERSION.size,
+    error=EnvelopeError,
+)
+
+
+def _frame_limit(max_payload: int) -> int:
+    return max_payload + _NAME_LEN.size + _MAX_COMPATIBLE + _VERSION.size
 
 
 @attrs.frozen
@@ -60,45 +72,32 @@ def seal(
             f"{compatible}: payload of {len(payload)} bytes exceeds the {max_payload}-byte limit"
         )
     name = compatible.encode("ascii")
-    body = (
-        _HEAD.pack(MAGIC, FORMAT, len(name)) + name + _TAIL.pack(version, len(payload)) + payload
-    )
-    return body + _CRC.pack(zlib.crc32(body))
+    body = _NAME_LEN.pack(len(name)) + name + _VERSION.pack(version) + payload
+    return RECORD.pack(body, max_body=_frame_limit(max_payload))
 
 
 def unseal(blob: bytes | bytearray | memoryview, *, max_payload: int = MAX_PAYLOAD) -> Sealed:
     """Open an envelope from :func:`seal`, refusing anything malformed."""
-    if not isinstance(blob, bytes | bytearray | memoryview):
-        raise EnvelopeError(f"record must be bytes, not {type(blob).__name__}")
-    blob = bytes(blob)  # one copy, so later checks see the bytes the checksum saw
-    if len(blob) < OVERHEAD + 1:
-        raise EnvelopeError(f"record truncated: {len(blob)} bytes is shorter than an envelope")
-    magic, fmt, length = _HEAD.unpack_from(blob)
-    if magic != MAGIC:
-        raise EnvelopeError(f"not a luo record: magic {magic!r}, expected {MAGIC!r}")
-    if fmt != FORMAT:
-        raise EnvelopeError(f"record format {fmt} is not supported (this reads {FORMAT})")
-    if not 1 <= length <= 63:
+    body = RECORD.unpack(blob, max_body=_frame_limit(max_payload))
+    length = body[0] if body else 0
+    if not 1 <= length <= _MAX_COMPATIBLE:
         raise EnvelopeError(f"record compatible length {length} is outside 1..63")
-    if len(blob) < OVERHEAD + length:
-        raise EnvelopeError(f"record truncated: {len(blob)} bytes, the header alone needs more")
-    version, size = _TAIL.unpack_from(blob, _HEAD.size + length)
-    if size > max_payload:
-        raise EnvelopeError(f"record payload of {size} bytes exceeds the {max_payload}-byte limit")
-    if len(blob) != OVERHEAD + length + size:
+    start = _NAME_LEN.size + length + _VERSION.size
+    if len(body) < start:
         raise EnvelopeError(
-            f"record payload length {size} does not match the record size "
-            f"({len(blob)} bytes, expected {OVERHEAD + length + size})"
+            f"record truncated: {len(body)} body bytes, the header alone needs more"
         )
-    end = len(blob) - _CRC.size
-    (crc,) = _CRC.unpack_from(blob, end)
-    if zlib.crc32(blob[:end]) != crc:
-        raise EnvelopeError("record checksum mismatch: the record is corrupted")
-    raw = blob[_HEAD.size : _HEAD.size + length]
+    raw = body[_NAME_LEN.size : _NAME_LEN.size + length]
     compatible = raw.decode("ascii", errors="replace")
     if not raw.isascii() or not COMPATIBLE.match(compatible):
         raise EnvelopeError(f"record compatible {compatible!r} is not a valid compatible")
-    return Sealed(compatible, version, blob[end - size : end])
+    (version,) = _VERSION.unpack_from(body, start - _VERSION.size)
+    payload = body[start:]
+    if len(payload) > max_payload:
+        raise EnvelopeError(
+            f"record payload of {len(payload)} bytes exceeds the {max_payload}-byte limit"
+        )
+    return Sealed(compatible, version, payload)
 
 
 def encode_record(obj: object, *, version: int | None = None) -> bytes:

@@ -1,10 +1,7 @@
 """A handoff saved to a file: the KHO root and node blobs as they lay in memory.
 
-Layout (little endian)::
-
-    magic "LUOI" | u16 format | u32 body length | body (CBOR) | u32 CRC-32
-
-The body is ``[memory-size, root-phys, [[phys, bytes], ...]]``: the bytes of
+The file is a frame (magic ``LUOI``, see :mod:`luo_core.abi._frame`) whose
+body is the CBOR array ``[memory-size, root-phys, [[phys, bytes], ...]]``: the bytes of
 the root and of every node blob at their physical addresses.  Participants'
 own preserved ranges (guest memory, say) are not included.  Loading an image
 rebuilds a sparse memory (:class:`ImageMemory`) and hands it to the same
@@ -14,19 +11,14 @@ kernel would.
 
 from __future__ import annotations
 
-import struct
-import zlib
-
 import cbor2
 
+from luo_core.abi._frame import FrameKind
 from luo_core.abi._kho import Memory, read_root
 from luo_core.errors import HandoffError, PhysicalMemoryError
 
-IMAGE_MAGIC = b"LUOI"
-IMAGE_FORMAT = 1
+IMAGE = FrameKind("handoff image", b"LUOI", 2, max_body=1 << 30)
 MAX_IMAGE_MEMORY = 64 << 30
-_HEADER = struct.Struct("<4sHI")
-_CRC = struct.Struct("<I")
 
 
 def save_image(memory: Memory, root_phys: int) -> bytes:
@@ -35,26 +27,14 @@ def save_image(memory: Memory, root_phys: int) -> bytes:
     regions = [[handed.root.start, memory.read(handed.root.start, handed.root.size)]]
     regions += [[n.phys, memory.read(n.phys, n.length)] for n in handed.nodes.values()]
     body = cbor2.dumps([memory.size, root_phys, sorted(regions)])
-    head = _HEADER.pack(IMAGE_MAGIC, IMAGE_FORMAT, len(body))
-    return head + body + _CRC.pack(zlib.crc32(head + body))
+    return IMAGE.pack(body)
 
 
 def load_image(blob: bytes) -> tuple[ImageMemory, int]:
     """A fresh memory holding a saved handoff, and its root's address."""
-    if len(blob) < _HEADER.size + _CRC.size:
-        raise HandoffError(f"handoff image truncated: {len(blob)} bytes")
-    magic, version, length = _HEADER.unpack_from(blob)
-    if magic != IMAGE_MAGIC:
-        raise HandoffError(f"not a luo handoff image: magic {magic!r}, expected {IMAGE_MAGIC!r}")
-    if version != IMAGE_FORMAT:
-        raise HandoffError(f"handoff image format {version} is not supported")
-    if length != len(blob) - _HEADER.size - _CRC.size:
-        raise HandoffError(f"handoff image body length {length} does not match the file")
-    end = _HEADER.size + length
-    if zlib.crc32(blob[:end]) != _CRC.unpack_from(blob, end)[0]:
-        raise HandoffError("handoff image checksum mismatch: the file is corrupted")
+    body = IMAGE.unpack(blob)
     try:
-        size, root, regions = cbor2.loads(blob[_HEADER.size : end])
+        size, root, regions = cbor2.loads(body)
         page = ImageMemory.PAGE_SIZE
         if not (isinstance(size, int) and 0 < size <= MAX_IMAGE_MEMORY and size % page == 0):
             raise ValueError(f"memory size {size!r} is not a page multiple up to 64 GiB")

@@ -1,10 +1,7 @@
 """The KHO root's byte layout, and reading it back as hostile input.
 
-Root (little endian)::
-
-    magic "LUOK" | u16 format | u16 zero | u32 body length | body | u32 CRC-32
-
-The body is a CBOR array ``[liveupdate-number, nodes, preserved]`` where
+The root is a frame (magic ``LUOK``, see :mod:`luo_core.abi._frame`).  Its
+body is a CBOR array ``[liveupdate-number, nodes, preserved]`` where
 ``nodes`` is ``[[name, compatible, phys, length, crc32], ...]`` sorted by
 name and ``preserved`` is ``[[phys, size], ...]`` sorted by address.  Arrays
 only: the encoding is deterministic without any map-ordering rule.
@@ -15,7 +12,6 @@ from __future__ import annotations
 import bisect
 import itertools
 import re
-import struct
 import zlib
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple, Protocol
@@ -23,13 +19,10 @@ from typing import NamedTuple, Protocol
 import attrs
 import cbor2
 
+from luo_core.abi._frame import HEADER, FrameKind
 from luo_core.errors import HandoffError, LiveUpdateError
 
-ROOT_MAGIC = b"LUOK"
-ROOT_FORMAT = 1
-MAX_ROOT_BYTES = 16 << 20
-_HEADER = struct.Struct("<4sHHI")
-_CRC = struct.Struct("<I")
+ROOT = FrameKind("KHO root", b"LUOK", 2, max_body=16 << 20)
 _NAME = re.compile(r"^[a-z0-9][a-z0-9,._:+-]{0,127}$")
 
 
@@ -114,8 +107,7 @@ def encode_root(number: int, nodes: Iterable[KhoNode], preserved: list[MemRange]
             [[r.start, r.size] for r in sorted(preserved)],
         ]
     )
-    head = _HEADER.pack(ROOT_MAGIC, ROOT_FORMAT, 0, len(body))
-    return head + body + _CRC.pack(zlib.crc32(head + body))
+    return ROOT.pack(body)
 
 
 def _name(node: KhoNode) -> str:
@@ -152,20 +144,14 @@ def read_root(memory: Memory, phys: int) -> HandedOver:
 
 def _read_root(memory: Memory, phys: int) -> HandedOver:
     where = f"KHO root at {phys:#x}"
-    magic, version, zero, length = _HEADER.unpack(memory.read(phys, _HEADER.size))
-    if magic != ROOT_MAGIC:
-        raise HandoffError(f"{where}: magic {magic!r}, expected {ROOT_MAGIC!r}")
-    if version != ROOT_FORMAT or zero != 0:
-        raise HandoffError(f"{where}: format {version} is not supported (reads {ROOT_FORMAT})")
-    if length > MAX_ROOT_BYTES:
-        raise HandoffError(f"{where}: declared body of {length} bytes exceeds the limit")
-    total = _HEADER.size + length
-    blob = memory.read(phys, total + _CRC.size)
-    (crc,) = _CRC.unpack_from(blob, total)
-    if zlib.crc32(blob[:total]) != crc:
-        raise HandoffError(f"{where}: checksum mismatch, the root is corrupted")
     try:
-        body = cbor2.loads(blob[_HEADER.size : total])
+        total = ROOT.size(memory.read(phys, HEADER.size))
+        frame = memory.read(phys, total)
+        body = cbor2.loads(ROOT.unpack(frame))
+    except HandoffError as exc:
+        raise HandoffError(f"{where}: {exc}") from None
+    except LiveUpdateError:
+        raise
     except Exception as exc:
         raise HandoffError(f"{where}: body is not valid CBOR: {exc}") from None
     if not (isinstance(body, list) and len(body) == 3):
@@ -177,8 +163,8 @@ def _read_root(memory: Memory, phys: int) -> HandedOver:
     for a, b in itertools.pairwise(preserved):
         if a.overlaps(b) or b < a:
             raise HandoffError(f"{where}: preserved ranges {a} and {b} overlap or are unsorted")
-    root = MemRange(phys, align_up(total + _CRC.size, memory.PAGE_SIZE))
-    if find_containing(preserved, MemRange(phys, total + _CRC.size)) is None:
+    root = MemRange(phys, align_up(total, memory.PAGE_SIZE))
+    if find_containing(preserved, MemRange(phys, total)) is None:
         raise HandoffError(f"{where}: the root itself is not in preserved memory")
     nodes: dict[str, KhoNode] = {}
     for item in _list(raw_nodes, where):

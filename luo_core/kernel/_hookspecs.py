@@ -22,9 +22,9 @@ import pluggy
 from luo_core.kernel._records import Bus, DeviceDriver, Subsystem
 
 if TYPE_CHECKING:
+    from luo_core.abi._stats import PhaseStats
     from luo_core.kernel._kernel import Kernel
     from luo_core.kernel._state import Event, State
-    from luo_core.kernel._stats import PhaseStats
     from luo_core.testing import Contract
 
 PROJECT = "luo"

@@ -15,6 +15,8 @@ import attrs
 import structlog
 
 from luo_core.abi import MemRange, read_root, unseal
+from luo_core.abi._meta import META_COMPATIBLE, read_meta, write_meta
+from luo_core.abi._stats import UpdateStats, now_ns
 from luo_core.errors import (
     CallbackError,
     ExistsError,
@@ -34,7 +36,6 @@ from luo_core.kernel._handover import (
 )
 from luo_core.kernel._hookspecs import PROJECT
 from luo_core.kernel._kho import KexecHandover
-from luo_core.kernel._meta import META_KEY, read_meta, write_meta
 from luo_core.kernel._orchestrator import PhaseRunner
 from luo_core.kernel._participants import (
     DEVICE,
@@ -50,11 +51,11 @@ from luo_core.kernel._preserved import Preserved
 from luo_core.kernel._records import DeviceDriver, Subsystem
 from luo_core.kernel._registry import PluginRegistry, load_plugins
 from luo_core.kernel._state import REGISTRATION_STATES, Event, State, StateMachine
-from luo_core.kernel._stats import UpdateStats, now_ns
 from luo_core.kernel.devices import Device, DeviceTree, _builtin, freeze_graph, restore_graph
 from luo_core.platform import Machine
 
 log = structlog.get_logger(PROJECT)
+META_KEY = ("luo", "meta")
 
 
 def _as_tuple(plugins: Iterable[object]) -> tuple[object, ...]:
@@ -276,8 +277,7 @@ class Kernel:
                         runner.call_quietly(label(device_key(dev)), _shutdown, dev)
                     dev.hw.reset()
             self.stats.phases["kexec"] = runner.stats  # the next kernel closes it
-            meta = write_meta(self.stats)
-            publish(self.kho, META_KEY, meta.compatible, meta.data)
+            publish(self.kho, META_KEY, META_COMPATIBLE, write_meta(self.stats))
             root = self.kho.finalize(self.liveupdate_number + 1)
             self._die()
         return Kernel(self.machine, config or self.config, root.phys)
@@ -388,7 +388,9 @@ class Kernel:
         ok = restore_devices(runner, self.devices, self._steps, incoming, corrupted)
         restore_end = now_ns()
         try:
-            stats = read_meta(meta)
+            if meta is None:
+                raise HandoffError("the handoff has no meta record")
+            stats = read_meta(meta.data)
         except HandoffError as exc:
             log.error("handoff_meta_malformed", error=str(exc))
             stats = UpdateStats()

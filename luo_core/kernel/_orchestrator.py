@@ -20,8 +20,8 @@ from typing import Any, Generic, TypeVar
 import attrs
 import structlog
 
+from luo_core.abi._stats import CallbackStat, PhaseStats, now_ns
 from luo_core.errors import CallbackTimeoutError
-from luo_core.kernel._stats import CallbackStat, PhaseStats, now_ns
 
 log = structlog.get_logger("luo")
 K = TypeVar("K", bound=Hashable)

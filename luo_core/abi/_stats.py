@@ -71,10 +71,26 @@ class PhaseStats:
         ]
 
     @classmethod
-    def from_wire(cls, wire: list[Any]) -> PhaseStats:
+    def from_wire(cls, wire: object) -> PhaseStats:
+        """Rebuild from :meth:`to_wire`'s list; anything malformed is a ``ValueError``."""
+        if not (type(wire) is list and len(wire) == 5):
+            raise ValueError("a phase is not [phase, start, end, ok, callbacks]")
         phase, start, end, ok, callbacks = wire
+        if not (type(phase) is str and type(start) is int and type(end) is int):
+            raise ValueError("a phase's name or times are malformed")
+        if type(ok) is not bool or type(callbacks) is not list:
+            raise ValueError(f"phase {phase!r} is malformed")
         stats = cls(phase=phase, start_ns=start, end_ns=end, ok=ok)
-        stats.callbacks = [CallbackStat(c[0], phase, c[1], c[2], c[3], c[4]) for c in callbacks]
+        for c in callbacks:
+            if not (
+                type(c) is list
+                and len(c) == 5
+                and type(c[0]) is str
+                and all(type(x) is int for x in (c[1], c[2], c[4]))
+                and type(c[3]) is bool
+            ):
+                raise ValueError(f"a callback of phase {phase!r} is malformed")
+            stats.callbacks.append(CallbackStat(c[0], phase, c[1], c[2], c[3], c[4]))
         return stats
 
 

@@ -1,0 +1,51 @@
+"""luo's own handoff record: when freeze began, and the timings of every phase so far.
+
+Statistics cross kexec as data like everything else, so the next kernel can
+report the whole update, blackout included.  The record is a frame (magic
+``LUOM``) whose body is the CBOR map ``{"freeze-start": ns, "phases": [...]}``,
+each phase as :meth:`PhaseStats.to_wire` writes it.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import cbor2
+
+from luo_core.abi._frame import FrameKind
+from luo_core.abi._stats import PhaseStats, UpdateStats
+from luo_core.errors import HandoffError
+
+META_NODE: Final = "luo:meta"
+META_COMPATIBLE: Final = "luo-meta-v1"
+META: Final = FrameKind("meta record", b"LUOM", 1, max_body=16 << 20)
+
+
+def write_meta(stats: UpdateStats) -> bytes:
+    """The meta record the old kernel adds to its handoff."""
+    if stats.freeze_start_ns is None:
+        raise HandoffError("the meta record needs the time freeze started")
+    body = {
+        "freeze-start": stats.freeze_start_ns,
+        "phases": [p.to_wire() for p in stats.phases.values()],
+    }
+    return META.pack(cbor2.dumps(body, canonical=True))
+
+
+def read_meta(blob: bytes) -> UpdateStats:
+    """The previous kernel's statistics, or :class:`HandoffError`."""
+    body = META.unpack(blob)
+    try:
+        decoded = cbor2.loads(body)
+        freeze_start = decoded["freeze-start"]
+        if type(freeze_start) is not int:
+            raise TypeError("freeze-start must be an integer")
+        stats = UpdateStats(freeze_start_ns=freeze_start)
+        for wire in decoded["phases"]:
+            phase = PhaseStats.from_wire(wire)
+            stats.phases[phase.phase] = phase
+        if list(stats.phases)[-1:] != ["kexec"]:
+            raise ValueError("the phases do not end with kexec")
+    except Exception as exc:
+        raise HandoffError(f"meta record is malformed: {type(exc).__name__}: {exc}") from None
+    return stats
