@@ -58,6 +58,7 @@ class FrameKind:
                 f"{self.what} truncated: {len(header)} bytes is shorter than a frame header"
             )
         magic, fmt, flags, length = HEADER.unpack_from(header)
+        length = int(length)
         if magic != self.magic:
             raise self.error(f"not a luo {self.what}: magic {magic!r}, expected {self.magic!r}")
         if fmt != self.format:
