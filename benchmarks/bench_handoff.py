@@ -10,50 +10,65 @@ the size of guest memory: nothing is copied.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 from collections.abc import Iterator
 
-from luo_core import Kernel, Machine, Subsystem, SubsystemOps, hookimpl
+from luo_core import Kernel, Machine, PhysRange, Subsystem, SubsystemOps, hookimpl, state
 from luo_core.cli._main import configure_logging
+from luo_core.platform import Hardware
 
 GIB = 1 << 30
 CHUNK = GIB  # the allocator's largest block
 
 
+@state(compatible="luo,bench-guest-ram", version=1)
+class GuestRamRecord:
+    """Where the guest's RAM is: only the ranges cross, never the memory."""
+
+    chunks: list[PhysRange]
+
+
 class GuestRam(SubsystemOps):
     def __init__(self, kernel: Kernel, size: int) -> None:
         self.kernel = kernel
-        self.chunks = [kernel.mm.alloc(min(CHUNK, size - off)) for off in range(0, size, CHUNK)]
-        self.size = size
-        for phys in self.chunks:  # the guest has touched one page per chunk
-            kernel.memory.write(phys, b"guest")
+        self.chunks = [
+            PhysRange(kernel.mm.alloc(min(CHUNK, size - off)), min(CHUNK, size - off))
+            for off in range(0, size, CHUNK)
+        ]
+        for chunk in self.chunks:  # the guest has touched one page per chunk
+            kernel.memory.write(chunk.start, b"guest")
 
-    def prepare(self) -> bytes:
-        for i, phys in enumerate(self.chunks):
-            self.kernel.kho.preserve(phys, min(CHUNK, self.size - i * CHUNK))
-        return b"".join(p.to_bytes(8, "little") for p in self.chunks)
+    def prepare(self) -> GuestRamRecord:
+        for chunk in self.chunks:
+            self.kernel.kho.preserve(chunk.start, chunk.size)
+        return GuestRamRecord(self.chunks)
 
 
 class GuestPack:
+    """Built afresh by every boot; only a cold-booted kernel has a guest to preserve."""
+
     def __init__(self, size: int) -> None:
         self.size = size
 
     @hookimpl
     def luo_subsystems(self, kernel: Kernel | None) -> Iterator[Subsystem]:
         if kernel is not None and kernel.kho_root is None:
-            yield Subsystem(name="guest-ram", ops=GuestRam(kernel, self.size))
+            ops = GuestRam(kernel, self.size)
+            yield Subsystem(name="guest-ram", ops=ops, schema=GuestRamRecord)
 
 
 def handoff_us(guest_bytes: int) -> tuple[float, float]:
     """(blackout, kexec phase) in µs for one update with ``guest_bytes`` preserved."""
     machine = Machine(memory_size=guest_bytes + 2 * GIB, scratch_size=64 << 20)
-    kernel = Kernel.boot(machine, plugins=[GuestPack(guest_bytes)], discover=False)
-    kernel.prepare()
-    new = kernel.kexec()
-    assert new.stats is not None and new.stats.blackout_us is not None
-    result = (new.stats.blackout_us, new.stats.phases["kexec"].duration_us)
-    new.finish()
-    machine.close()
+    with Hardware(machine) as hardware:
+        plugins = [functools.partial(GuestPack, guest_bytes)]
+        kernel = Kernel.boot(hardware, plugins=plugins, discover=False)
+        kernel.prepare()
+        new = kernel.kexec()
+        assert new.stats is not None and new.stats.blackout_us is not None
+        result = (new.stats.blackout_us, new.stats.phases["kexec"].duration_us)
+        new.finish()
     return result
 
 

@@ -1,6 +1,6 @@
 """Encode and decode of 10,000 device records: ``python benchmarks/bench_records.py``.
 
-Records are the example NIC's preserved state (``NicRecord`` v2): the payload
+Records are the example NIC's preserved state (``NicRecord``, its current version): the payload
 alone (deterministic CBOR via cattrs) and sealed in its record envelope.
 Decoding includes the strict well-formedness scan that runs before cbor2.
 """
@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from luo_example_nic import NicRecord
 
-from luo_core.abi import decode_record, decode_state, encode_record, encode_state
+from luo_core.abi import decode_record, decode_state, encode_record, encode_state, schema_of
 
 T = TypeVar("T")
 
@@ -38,14 +38,17 @@ def main() -> None:
     states = [
         NicRecord(mac=0x0200_0000_0000 | i, tx_tail=i % 256, tx_packets=i * 7) for i in range(n)
     ]
-    schemas = {"luo,example-nic-state": NicRecord}
+    schema = schema_of(NicRecord)
+    schemas = {schema.compatible: NicRecord}
 
     def report(label: str, seconds: float) -> None:
         print(f"{label:<36} {n / seconds:>10,.0f} records/s {seconds / n * 1e6:7.2f} µs/record")
 
     t, payloads = best(lambda: [encode_state(s) for s in states], args.repeat)
     report("encode_state", t)
-    t, decoded = best(lambda: [decode_state(NicRecord, p, 2) for p in payloads], args.repeat)
+    t, decoded = best(
+        lambda: [decode_state(NicRecord, p, schema.version) for p in payloads], args.repeat
+    )
     assert decoded == states
     report("decode_state (scan + cbor2 + cattrs)", t)
     t, blobs = best(lambda: [encode_record(s) for s in states], args.repeat)

@@ -22,9 +22,10 @@ from luo_core.abi import (
     u32,
     u64,
 )
+from luo_core.abi._boot import KernelConfig
 from luo_core.abi._stats import PhaseStats, UpdateStats
 from luo_core.kernel._hookspecs import hookimpl
-from luo_core.kernel._kernel import Kernel, KernelConfig
+from luo_core.kernel._kernel import Kernel
 from luo_core.kernel._records import (
     Bus,
     BusOps,

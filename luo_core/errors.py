@@ -193,3 +193,33 @@ class IncompatibleError(LiveUpdateError):
     """The target kernel cannot read what this update would hand it."""
 
     errno = _errno.EPROTONOSUPPORT
+
+
+class RegisterError(LiveUpdateError):
+    """A register access that hardware cannot take: unknown, misaligned, read-only,
+    or a value that is not an integer of the register's width (``EINVAL``)."""
+
+
+class HardwareError(LiveUpdateError):
+    """The hardware refused a request or is unreachable (``EIO``, or the errno it sent)."""
+
+    errno = _errno.EIO
+
+
+class PeerGoneError(LiveUpdateError):
+    """The process at the other end of a socket is gone (``EPIPE``)."""
+
+    errno = _errno.EPIPE
+
+
+class KernelLeakError(LiveUpdateError):
+    """Something the old kernel or its packs made is still reachable from the new
+    kernel after an in-process kexec: state went around the handoff (``EXDEV``)."""
+
+    errno = _errno.EXDEV
+
+
+class KexecError(LiveUpdateError):
+    """A kernel process could not be started, loaded, booted or reached (``ENOEXEC``)."""
+
+    errno = _errno.ENOEXEC

@@ -1,7 +1,8 @@
 """Versions across kernels: migrations on update, rollback writers, pre-flight, manifests.
 
-The running kernel loads the example pack (NicRecord v2, reads v1..v2); the
-"older" kernel loads a v1-only NIC driver with the same compatible.
+The running kernel loads the example pack (NicRecord v3, reads v1..v3, writes
+v1 and v2 for older kernels); the "older" kernel loads a v1-only NIC driver
+with the same compatible.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any
 
 import luo_example_nic
 import pytest
-from luo_example_nic import SUBSYSTEM, FdbOps, FdbRecord, NicState, transmit
+from luo_example_nic import SUBSYSTEM, FdbOps, FdbRecord, NicState, burned_in_mac, transmit
+from luo_example_nic._model import CTRL_ENABLE
 from structlog.testing import capture_logs
 
 from luo_core import (
@@ -31,6 +33,7 @@ from luo_core.abi import state, u16, u64
 from luo_core.cli import main
 from luo_core.errors import CallbackError, IncompatibleError
 from luo_core.kernel._preflight import compare_manifests, load_manifest
+from luo_core.kexec import boot as cold_boot
 from luo_core.platform import EXAMPLE_NIC, default_host
 
 NIC = "0000:01:00.0"
@@ -44,10 +47,13 @@ class NicRecordV1:
 
 
 class OldNic(DeviceDriverOps):
-    """The NIC driver as it was before ring_size existed."""
+    """The NIC driver as it was before ring_size existed (its ring always had 256 slots)."""
 
     def probe(self, dev: Device) -> None:
-        dev.driver_data = {"mac": 0, "tx_tail": 0, "tx_packets": 0}
+        dev.regs["ring_size"] = 256
+        dev.regs["tx_tail"] = dev.regs["tx_head"]
+        dev.regs["ctrl"] = CTRL_ENABLE
+        dev.driver_data = {"mac": dev.regs["mac"], "tx_tail": dev.regs["tx_head"], "tx_packets": 0}
 
     def prepare(self, dev: Device) -> NicRecordV1:
         return NicRecordV1(**dev.driver_data)
@@ -69,27 +75,32 @@ class OldPack:
 
 
 NEW = KernelConfig(plugins=[luo_example_nic], discover=False)
-OLD = KernelConfig(plugins=[OldPack()], discover=False)
+OLD = KernelConfig(plugins=[OldPack], discover=False)
 
 
 def boot(config: KernelConfig) -> Kernel:
-    kernel = Kernel(default_host(), config)
+    kernel = cold_boot(default_host(), config)
     kernel.devices.request(NIC)
     return kernel
 
 
 def manifest_of(config: KernelConfig) -> dict[str, Any]:
-    return Kernel(default_host(), config).manifest()
+    return cold_boot(default_host(), config).manifest()
 
 
-def test_update_from_v1_migrates_to_v2() -> None:
+def test_update_from_v1_migrates_to_the_current_version() -> None:
     old = boot(OLD)
-    old.devices[NIC].hw.regs.update(mac=7, tx_tail=3, enabled=1)
-    old.devices[NIC].driver_data = {"mac": 7, "tx_tail": 3, "tx_packets": 3}
+    nic = old.devices[NIC]
+    mac = nic.regs["mac"]
+    assert mac == burned_in_mac(NIC)
+    nic.regs["tx_tail"] = 3  # the old driver sends 3 frames
+    nic.driver_data = {"mac": mac, "tx_tail": 3, "tx_packets": 3}
     old.prepare()
     new = old.kexec(NEW)
     assert new.devices[NIC].reclaimed
-    assert new.devices[NIC].driver_data == NicState(mac=7, tx_tail=3, tx_packets=3, ring_size=256)
+    assert new.devices[NIC].driver_data == NicState(
+        mac=mac, tx_tail=3, tx_packets=3, ring_size=256
+    )
 
 
 def test_rollback_without_preflight_fails_only_that_device() -> None:
@@ -100,7 +111,8 @@ def test_rollback_without_preflight_fails_only_that_device() -> None:
     assert old.state is State.UPDATED
     assert old.devices[NIC].preserved and not old.devices[NIC].reclaimed
     failure = next(e for e in logs if e["event"] == "restore_failed")
-    assert "v2" in failure["error"] and "VersionTooNew" in failure["error"]
+    assert "luo,example-nic-state v3 is newer than this reader" in failure["error"]
+    assert "VersionTooNew" in failure["error"]
     assert old.devices["0000:00:01.0"].reclaimed
 
 
@@ -128,9 +140,9 @@ def test_preflight_refuses_before_anything_changes() -> None:
 
 def test_preflight_refuses_a_version_without_a_writer() -> None:
     target = manifest_of(NEW)
-    target["schemas"]["luo,example-nic-state"].update(version=3, min_version=3)
+    target["schemas"]["luo,example-nic-state"].update(version=4, min_version=4)
     kernel = boot(NEW)
-    with pytest.raises(IncompatibleError, match=r"reads v3\.\.v3 and there is no rollback writer"):
+    with pytest.raises(IncompatibleError, match=r"reads v4\.\.v4 and there is no rollback writer"):
         kernel.prepare(target=target)
 
 
@@ -147,7 +159,7 @@ def test_manifest_lists_packs_participants_and_schemas() -> None:
     assert manifest["packs"].keys() >= {"luo-core", "local:luo_example_nic"}
     assert manifest["participants"]["driver:example-nic"]["record"] == "luo,example-nic-state"
     entry = manifest["schemas"]["luo,example-nic-state"]
-    assert (entry["version"], entry["min_version"], entry["writes"]) == (2, 1, [1])
+    assert (entry["version"], entry["min_version"], entry["writes"]) == (3, 1, [1, 2])
     assert json.dumps(manifest, sort_keys=True) == json.dumps(manifest_of(NEW), sort_keys=True)
     assert load_manifest(json.dumps(manifest)) == manifest
 
@@ -198,7 +210,7 @@ def test_save_and_inspect_a_handoff(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["inspect", str(saved), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     nodes = {n["name"]: n for n in report["nodes"]}
-    assert nodes[f"device:{NIC}"]["version"] == 2
+    assert nodes[f"device:{NIC}"]["version"] == 3
     assert nodes[f"device:{NIC}"]["fields"]["ring_size"] == 256
     assert nodes["subsystem:example-nic-fdb"]["fields"] == {"entries": []}
     assert report["liveupdate_number"] == 1

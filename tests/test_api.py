@@ -36,7 +36,7 @@ PUBLIC = {
     "u32",
     "u64",
 }
-SUBPACKAGES = {"abi", "cli", "kernel", "platform", "testing"}
+SUBPACKAGES = {"abi", "cli", "kernel", "kexec", "platform", "testing"}
 
 
 def test_all_is_pinned() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,25 +19,38 @@ NICS = {"0000:01:00.0", "0000:01:00.1", "0000:02:00.0"}
 def test_demo_tells_the_story(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
-    assert "live update #1" in out
+    assert re.search(r"live update #1 .*\(kernel pid (\d+) -> pid (\d+), hardware pid \d+\)", out)
     assert "luo-example-nic" in out
     for nic in NICS:
         line = next(line for line in out.splitlines() if nic in line)
-        assert "preserved, registers kept" in line
+        assert re.search(r"preserved, reclaimed; rx \+\d+ frames across kexec", line), line
     assert "0000:00:1f.0" in out and "has no driver" in out
     assert "blackout:" in out
 
 
-@pytest.mark.parametrize("workers", ["1", "3"])
-def test_demo_json_summary(capsys: pytest.CaptureFixture[str], workers: str) -> None:
-    assert main(["demo", "--json", "--workers", workers]) == 0
+@pytest.mark.parametrize("argv", [["--workers", "1"], ["--workers", "3"], ["--inproc"]])
+def test_demo_json_summary(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    assert main(["demo", "--json", *argv]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["liveupdate_number"] == 1
+    pids = summary["pids"]
+    if "--inproc" in argv:
+        assert summary["kexec"] == "inproc"
+        assert pids["old"] == pids["new"] == pids["hardware"] == os.getpid()
+    else:
+        assert summary["kexec"] == "process"
+        assert len({pids["old"], pids["new"], pids["hardware"], os.getpid()}) == 4
     devices = {d["name"]: d for d in summary["devices"]}
-    assert {n for n, d in devices.items() if d["requested"]} >= NICS
-    assert all(devices[n]["registers_kept"] for n in NICS)
+    assert {n for n, d in devices.items() if d["reclaimed"]} >= NICS
     assert devices["0000:00:1f.0"]["refused"] is not None
+    assert not devices["0000:00:1f.0"]["preserved"]
+    for nic in NICS:
+        counters = summary["nics"][nic]
+        assert counters["tx_frames"] == 37  # the workload's frames, sent before the update
+        # The NIC stays enabled through the update: what arrives is received, not dropped.
+        assert counters["rx_during_kexec"] >= 0 and counters["rx_dropped_during_kexec"] == 0
     assert summary["blackout_us"] > 0
+    assert summary["threads_left"] == []
     assert list(summary["phases"]) == ["prepare", "freeze", "kexec", "restore", "finish"]
     assert "device:0000:01:00.0" in summary["phases"]["restore"]["participants_us"]
 

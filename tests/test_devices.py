@@ -8,7 +8,17 @@ from collections.abc import Iterator
 import pytest
 from structlog.testing import capture_logs
 
-from luo_core import Bus, Device, DeviceDriver, DeviceDriverOps, Kernel, Machine, State, hookimpl
+from luo_core import (
+    Bus,
+    Device,
+    DeviceDriver,
+    DeviceDriverOps,
+    Kernel,
+    Machine,
+    State,
+    hookimpl,
+    state,
+)
 from luo_core.errors import (
     BusyError,
     DependencyCycleError,
@@ -17,8 +27,27 @@ from luo_core.errors import (
     NotFoundError,
 )
 from luo_core.kernel.devices import freeze_graph, restore_graph, static_order
-from luo_core.platform import EXAMPLE_NIC, HOST_BRIDGE, PCI_BRIDGE, default_host, flat_host
+from luo_core.platform import (
+    BUS_MASTER,
+    EXAMPLE_NIC,
+    HOST_BRIDGE,
+    PCI_BRIDGE,
+    Hardware,
+    default_host,
+    flat_host,
+)
 from tests.journal import JournalPack
+
+
+@state(compatible="luo,test-empty", version=1)
+class Empty:
+    """The state of a test driver that hands over nothing."""
+
+
+MARKER = 0x100
+"""A BAR 0 offset no device model uses: a word that only a reset clears."""
+MEMORY_SPACE = 1 << 1
+"""The memory-space enable bit of the PCI command register (a marker in config space)."""
 
 
 def tree_host() -> Machine:
@@ -34,7 +63,7 @@ def tree_host() -> Machine:
     return m
 
 
-def boot(machine: Machine, journal: list[str], workers: int = 1) -> Kernel:
+def boot(machine: Machine | Hardware, journal: list[str], workers: int = 1) -> Kernel:
     return Kernel.boot(machine, plugins=[JournalPack(journal)], discover=False, workers=workers)
 
 
@@ -125,7 +154,9 @@ def test_driver_and_bus_without_liveupdate_are_refused(journal: list[str]) -> No
             yield DeviceDriver(
                 name="legacy", compatible=["legacy"], ops=DeviceDriverOps(), liveupdate=False
             )
-            yield DeviceDriver(name="usb-nic", compatible=["usb-nic"], ops=DeviceDriverOps())
+            yield DeviceDriver(
+                name="usb-nic", compatible=["usb-nic"], ops=DeviceDriverOps(), schema=Empty
+            )
 
         @hookimpl
         def luo_buses(self) -> Iterator[Bus]:
@@ -135,7 +166,7 @@ def test_driver_and_bus_without_liveupdate_are_refused(journal: list[str]) -> No
     m.add("root", compatible=HOST_BRIDGE)
     m.add("legacy0", compatible="legacy", parent="root")
     m.add("usb0", bus="usb", compatible="usb-nic", parent="root")
-    kernel = Kernel.boot(m, plugins=[Legacy()], discover=False)
+    kernel = Kernel.boot(m, plugins=[Legacy], discover=False)
     with pytest.raises(DeviceError, match="driver 'legacy' has no live-update callbacks"):
         kernel.devices.request("legacy0")
     with pytest.raises(DeviceError, match="bus 'usb' has no live-update callbacks"):
@@ -150,9 +181,9 @@ def test_can_preserve_is_asked(journal: list[str]) -> None:
     class Pack:
         @hookimpl
         def luo_device_drivers(self) -> Iterator[DeviceDriver]:
-            yield DeviceDriver(name="picky", compatible=[EXAMPLE_NIC], ops=Picky())
+            yield DeviceDriver(name="picky", compatible=[EXAMPLE_NIC], ops=Picky(), schema=Empty)
 
-    kernel = Kernel.boot(tree_host(), plugins=[Pack()], discover=False)
+    kernel = Kernel.boot(tree_host(), plugins=[Pack], discover=False)
     kernel.devices.request("0000:02:00.0")
     with pytest.raises(DeviceError, match="can_preserve"):
         kernel.devices.request("0000:02:00.1")
@@ -284,18 +315,34 @@ def test_restore_failure_skips_the_subtree_and_is_not_reclaimed(journal: list[st
 
 
 def test_devices_not_preserved_are_reset_at_kexec(journal: list[str]) -> None:
-    m = default_host()
-    kernel = boot(m, journal)
+    hw = Hardware(default_host())
+    kernel = boot(hw, journal)
     kernel.devices.request("0000:01:00.0")
-    for hw in m.devices.values():
-        hw.regs["marker"] = 5
+    for name in hw.machine.devices:
+        hw.registers(name).write(MARKER, 5)
+        config = hw.config(name)
+        config["command"] = config["command"] | MEMORY_SPACE
+    mac = hw.registers("0000:02:00.0")["mac"]
     kernel.prepare()
     new = kernel.kexec()
-    kept = {name for name, hw in m.devices.items() if hw.regs.get("marker") == 5}
+    kept = {name for name in hw.machine.devices if hw.registers(name).read(MARKER) == 5}
     assert kept == {"pci0000:00", "0000:00:01.0", "0000:01:00.0"}
-    assert m.devices["0000:00:01.0"].bus_master  # the bridge above a preserved NIC
-    # The rest were reset, then probed afresh by the new kernel.
-    assert m.devices["0000:02:00.0"].regs == {"enabled": 1}
+    assert {n for n in hw.machine.devices if hw.config(n)["command"] & MEMORY_SPACE} == kept
+    assert hw.config("0000:00:01.0")["command"] & BUS_MASTER  # the bridge above a preserved NIC
+    assert hw.registers("0000:01:00.0")["ctrl"] == 1  # the preserved NIC was never reset
+    # The rest were reset (registers and configuration space zeroed, bus
+    # mastering off), then probed afresh by the new kernel.
+    assert hw.registers("0000:02:00.0").values() == {
+        "mac": mac,  # burned in: the device's reset puts it back
+        "ctrl": 1,  # the new kernel's probe enabled it
+        "ring_size": 0,
+        "tx_tail": 0,
+        "tx_head": 0,
+        "tx_frames": 0,
+        "rx_frames": 0,
+        "rx_dropped": 0,
+    }
+    assert hw.config("0000:00:02.0")["command"] == BUS_MASTER  # reset, then probed afresh
     assert new.devices["0000:02:00.0"].driver_data == {"counter": 0, "paused": False}
     assert not new.devices["0000:02:00.0"].preserved
 

@@ -111,9 +111,25 @@ CBOR_VALUES = st.recursive(
 )
 
 
-def framed(magic: bytes, head: bytes, body: bytes) -> bytes:
-    blob = magic + head + struct.pack("<I", len(body)) + body
+ROOT_FORMAT = 2  # KHO root: magic LUOK (docs/handoff.rst)
+IMAGE_FORMAT = 2  # saved handoff image: magic LUOI
+
+
+def framed(magic: bytes, fmt: int, body: bytes) -> bytes:
+    """``body`` in a frame with a valid header and checksum: magic, u16 format,
+    u16 flags (0), u32 length, body, CRC-32."""
+    blob = magic + struct.pack("<HHI", fmt, 0, len(body)) + body
     return blob + struct.pack("<I", zlib.crc32(blob))
+
+
+def test_hostile_frames_below_get_past_the_frame_checks() -> None:
+    """The frames built here are accepted as frames, so the hostile bodies below
+    reach the readers' content checks instead of failing on the header."""
+    with PhysicalMemory(4 << 20) as memory:
+        memory.write(0, framed(b"LUOK", ROOT_FORMAT, cbor2.dumps([5, [], [[0, 8192]]])))
+        assert read_root(memory, 0).liveupdate_number == 5
+    image, root = load_image(framed(b"LUOI", IMAGE_FORMAT, cbor2.dumps([4 << 20, 4096, []])))
+    assert (image.size, root) == (4 << 20, 4096)
 
 
 @settings(max_examples=300, deadline=None)
@@ -121,7 +137,7 @@ def framed(magic: bytes, head: bytes, body: bytes) -> bytes:
 def test_hostile_roots_with_valid_checksums(body: list[object], root: int) -> None:
     """The checksum is right, the content is hostile: only HandoffError may come out."""
     with PhysicalMemory(4 << 20) as memory:
-        blob = framed(b"LUOK", b"\x01\x00\x00\x00", cbor2.dumps(body))
+        blob = framed(b"LUOK", ROOT_FORMAT, cbor2.dumps(body))
         memory.write(root, blob)
         with contextlib.suppress(LiveUpdateError):
             read_root(memory, root)
@@ -130,7 +146,7 @@ def test_hostile_roots_with_valid_checksums(body: list[object], root: int) -> No
 @settings(max_examples=200, deadline=None)
 @given(st.lists(CBOR_VALUES, max_size=4))
 def test_hostile_images_with_valid_checksums(body: list[object]) -> None:
-    read_like_a_kernel(framed(b"LUOI", b"\x01\x00", cbor2.dumps(body)))
+    read_like_a_kernel(framed(b"LUOI", IMAGE_FORMAT, cbor2.dumps(body)))
 
 
 INTS = st.one_of(st.integers(0, 1 << 24), st.integers(-5, 2**64 + 5), st.sampled_from([0, 4096]))
@@ -147,7 +163,7 @@ def test_roots_shaped_right_with_hostile_values(
 ) -> None:
     with PhysicalMemory(4 << 20) as memory:
         body = cbor2.dumps([number, nodes, [[0, 8192], *ranges]])
-        memory.write(0, framed(b"LUOK", b"\x01\x00\x00\x00", body))
+        memory.write(0, framed(b"LUOK", ROOT_FORMAT, body))
         try:
             handed = read_root(memory, 0)
         except LiveUpdateError:

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import json
+import re
+import types
+from collections.abc import Iterator
+from typing import ClassVar
 
 import pytest
 from structlog.testing import capture_logs
 
-from luo_core import Kernel, KernelConfig, State
-from luo_core.abi import read_root, unseal
-from luo_core.errors import HandoffError
-from luo_core.platform import PhysicalMemory, default_host
-from tests.journal import JournalPack
+from luo_core import Device, DeviceDriver, DeviceDriverOps, Kernel, KernelConfig, State, hookimpl
+from luo_core.abi import decode_record, decode_state, read_root, schema_of
+from luo_core.abi._boot import BootParams
+from luo_core.errors import HandoffError, KernelGoneError, KernelLeakError
+from luo_core.kernel._hwlink import HardwareLink
+from luo_core.platform import EXAMPLE_NIC, PhysicalMemory, default_host
+from tests.journal import CounterRecord, JournalPack, JournalRecord
 
 NIC = "0000:01:00.0"
+GONE_FIELDS = ("registry", "devices", "memory", "mm", "kho", "stats")
 
 
 def updated(journal: list[str]) -> tuple[Kernel, Kernel, JournalPack]:
@@ -28,6 +35,15 @@ def updated(journal: list[str]) -> tuple[Kernel, Kernel, JournalPack]:
     return old, new, pack
 
 
+def boot_again(kernel: Kernel, root: int | None) -> Kernel:
+    """Boot another kernel over ``kernel``'s hardware from the KHO root at ``root`` alone.
+
+    ``kernel`` is fenced from then on: another kernel attached to the hardware.
+    """
+    params = BootParams(kernel.params.hardware, kernel.machine, kernel.config, root)
+    return Kernel(params, HardwareLink(params.hardware), power=kernel._power)
+
+
 def test_state_round_trips_through_kexec(journal: list[str]) -> None:
     _, new, pack = updated(journal)
     assert new.state is State.UPDATED
@@ -40,16 +56,100 @@ def test_state_round_trips_through_kexec(journal: list[str]) -> None:
 
 
 def test_no_python_object_survives(journal: list[str]) -> None:
-    old, new, _ = updated(journal)
-    old_nic, new_nic = old.devices[NIC], new.devices[NIC]
-    assert old_nic is not new_nic
-    assert old_nic.driver_data is None and old_nic.driver is None
-    assert new.registry is not old.registry
+    pack = JournalPack(journal)
+    old = Kernel.boot(default_host(), plugins=[pack], discover=False)
+    old.devices.request(NIC)
+    old.devices[NIC].driver_data["counter"] = 41
+    old_nic, old_registry = old.devices[NIC], old.registry
+    old_plugins = [p for p in old_registry.pm.get_plugins() if not isinstance(p, types.ModuleType)]
+    old_ops = {name: sub.ops for name, sub in old.subsystems.items()}
+    assert old_nic.driver is not None
+    old_driver_ops = old_nic.driver.ops
+    old.prepare()
+    new = old.kexec()
+
+    # The old kernel is gone: its fields and its methods say so.
+    for field in GONE_FIELDS:
+        with pytest.raises(KernelGoneError):
+            getattr(old, field)
+    with pytest.raises(KernelGoneError):
+        old.prepare()
+    with pytest.raises(KernelGoneError):
+        old.finish()
+    # Its devices are fenced: no register access reaches the hardware any more.
+    with pytest.raises(KernelGoneError):
+        old_nic.regs["ctrl"]
+    with pytest.raises(KernelGoneError):
+        old_nic.regs["ctrl"] = 0
+    with pytest.raises(KernelGoneError):
+        old_nic.config["command"]
+    with pytest.raises(KernelGoneError):
+        old_nic.set_bus_master(False)
+
+    # Everything the new kernel runs was built afresh.
+    new_nic = new.devices[NIC]
+    assert new_nic is not old_nic
+    assert new_nic.regs["ctrl"] & 1  # the fenced writes above never reached the NIC
+    assert new.registry is not old_registry
+    new_plugins = new.registry.pm.get_plugins()
+    assert old_plugins and not any(p is q for p in old_plugins for q in new_plugins)
+    assert set(new.subsystems) == set(old_ops)
+    for name, sub in new.subsystems.items():
+        assert sub.ops is not old_ops[name]
+        assert pack.live[name] is sub.ops
+    assert new_nic.driver is not None and new_nic.driver.ops is not old_driver_ops
+
     # Only the root's physical address is passed on; booting from it alone
-    # (over the same memory) gives the same result.
+    # (over the same hardware) gives the same result.
     assert isinstance(new.kho_root, int)
-    again = Kernel(new.machine, KernelConfig(new.config.plugins, discover=False), new.kho_root)
+    again = boot_again(new, new.kho_root)
     assert again.devices[NIC].driver_data == {"counter": 41, "paused": False}
+    with pytest.raises(KernelGoneError):  # the kernel that booted first is fenced now
+        new_nic.regs["ctrl"]
+
+
+def test_a_factory_that_returns_one_plugin_for_every_boot_leaks_it(journal: list[str]) -> None:
+    shared = JournalPack(journal)()
+    old = Kernel.boot(default_host(), plugins=[lambda: shared], discover=False)
+    old.prepare()
+    with pytest.raises(KernelLeakError) as caught:
+        old.kexec()
+    message = str(caught.value)
+    assert "plugin JournalPlugin of the old kernel is still reachable from the new one" in message
+    assert "only the handoff may cross a kexec" in message
+
+
+def test_a_device_kept_in_a_class_attribute_of_a_pack_is_a_leak() -> None:
+    class HoardingNic(DeviceDriverOps):
+        def probe(self, dev: Device) -> None:
+            HoardingPack.seen.append(dev)
+
+        def prepare(self, dev: Device) -> CounterRecord:
+            return CounterRecord(0)
+
+    class HoardingPack:
+        seen: ClassVar[list[Device]] = []
+
+        @hookimpl
+        def luo_device_drivers(self) -> Iterator[DeviceDriver]:
+            yield DeviceDriver(
+                name="hoarding-nic",
+                compatible=[EXAMPLE_NIC],
+                ops=HoardingNic(),
+                schema=CounterRecord,
+            )
+
+    old = Kernel.boot(default_host(), plugins=[HoardingPack], discover=False)
+    assert [d.name for d in HoardingPack.seen] == ["0000:01:00.0", "0000:01:00.1", "0000:02:00.0"]
+    old.prepare()
+    with pytest.raises(KernelLeakError) as caught:
+        old.kexec()
+    old_nics = "|".join(re.escape(d.name) for d in HoardingPack.seen[:3])
+    assert re.fullmatch(
+        rf"device ({old_nics}) of the old kernel is still reachable from the new one "
+        r"\(Kernel -> .* -> list -> Device\): only the handoff may cross a kexec",
+        str(caught.value),
+    )
 
 
 def test_handoff_holds_one_node_per_participant(journal: list[str]) -> None:
@@ -64,8 +164,10 @@ def test_handoff_holds_one_node_per_participant(journal: list[str]) -> None:
         "subsystem:beta",
         "luo:meta",
     }
-    assert handed.nodes[f"device:{NIC}"].compatible == "journal-nic"
-    assert unseal(handed.read(new.memory, f"device:{NIC}")).payload == b"41"
+    counter = schema_of(CounterRecord).compatible
+    assert handed.nodes[f"device:{NIC}"].compatible == counter
+    blob = handed.read(new.memory, f"device:{NIC}")
+    assert decode_record(blob, {counter: CounterRecord}) == CounterRecord(41)
     assert handed.liveupdate_number == new.liveupdate_number == 1
     for node in handed.nodes.values():  # every blob lies in memory the new kernel reserved
         assert not new.mm.is_free(node.phys, max(node.length, 1))
@@ -119,14 +221,14 @@ def test_corrupted_root_is_refused_with_a_typed_error(
     assert new.kho_root is not None
     corrupt(new.memory, new.kho_root, offset)
     with pytest.raises(HandoffError, match=message):
-        Kernel(new.machine, new.config, new.kho_root)
+        boot_again(new, new.kho_root)
 
 
 @pytest.mark.parametrize("root", [4096 * 5000, 1 << 40, -4096])
 def test_a_root_address_pointing_anywhere_else_is_refused(journal: list[str], root: int) -> None:
     _, new, _ = updated(journal)
     with pytest.raises(HandoffError):
-        Kernel(new.machine, new.config, root)
+        boot_again(new, root)
 
 
 def test_a_corrupted_node_fails_only_its_participant(journal: list[str]) -> None:
@@ -135,7 +237,7 @@ def test_a_corrupted_node_fails_only_its_participant(journal: list[str]) -> None
     node = read_root(new.memory, new.kho_root).nodes[f"device:{NIC}"]
     corrupt(new.memory, node.phys, 0)
     with capture_logs() as logs:
-        again = Kernel(new.machine, new.config, new.kho_root)
+        again = boot_again(new, new.kho_root)
     nic = again.devices[NIC]
     assert (nic.preserved, nic.reclaimed, nic.driver) == (True, False, None)
     assert again.devices["0000:00:01.0"].reclaimed
@@ -148,9 +250,12 @@ def test_next_kernel_may_load_other_packs(journal: list[str]) -> None:
     old.prepare()
     other = JournalPack(journal, subsystems=("beta", "gamma"))
     new = old.kexec(KernelConfig(plugins=[other], discover=False))
-    assert new.handed_over("subsystem", "alpha") == b"alpha-state"  # nobody claims it
+    unclaimed = new.handed_over("subsystem", "alpha")  # nobody claims it: its raw payload
+    assert isinstance(unclaimed, bytes)
+    assert decode_state(JournalRecord, unclaimed, 1) == JournalRecord(b"alpha-state")
     assert other.live["beta"].booted == b"beta-state"
     assert other.live["gamma"].booted is None
+    assert "alpha" not in other.live
 
 
 def test_a_device_that_fails_restore_is_left_unbound(journal: list[str]) -> None:
@@ -170,7 +275,7 @@ def test_a_damaged_meta_node_costs_the_statistics_not_the_devices(journal: list[
     node = read_root(new.memory, new.kho_root).nodes["luo:meta"]
     corrupt(new.memory, node.phys, 3)
     with capture_logs() as logs:
-        again = Kernel(new.machine, new.config, new.kho_root)
+        again = boot_again(new, new.kho_root)
     assert again.devices[NIC].reclaimed
     assert again.devices[NIC].driver_data == {"counter": 41, "paused": False}
     assert any(e["event"] == "handoff_meta_malformed" for e in logs)

@@ -7,9 +7,19 @@ from collections.abc import Iterator
 
 import pytest
 
-from luo_core import Kernel, Machine, Subsystem, SubsystemOps, hookimpl
-from luo_core.abi import MemRange, read_root, unseal
-from luo_core.errors import KhoError, OutOfMemoryError
+from luo_core import (
+    Kernel,
+    Machine,
+    PhysAddr,
+    State,
+    Subsystem,
+    SubsystemOps,
+    hookimpl,
+    state,
+    u64,
+)
+from luo_core.abi import MemRange, decode_record, decode_state, read_root
+from luo_core.errors import CallbackError, KhoError, OutOfMemoryError
 from luo_core.kernel._alloc import PageAllocator
 from luo_core.kernel._kho import KexecHandover
 from luo_core.platform import PhysicalMemory
@@ -105,6 +115,14 @@ def test_clear_gives_every_node_page_back(kho: KexecHandover) -> None:
     assert kho.preserved == [] and kho.nodes == {}
 
 
+@state(compatible="luo,test-guest-memory", version=1)
+class GuestRecord:
+    """Where the guest's memory is: the range the next kernel must not touch."""
+
+    phys: PhysAddr
+    size: u64
+
+
 class GuestMemory(SubsystemOps):
     """Preserves a range of 'guest memory' filled with a pattern."""
 
@@ -113,29 +131,33 @@ class GuestMemory(SubsystemOps):
         self.phys = kernel.mm.alloc(size)
         kernel.memory.fill(self.phys, size, 0xA5)
 
-    def prepare(self) -> bytes:
+    def prepare(self) -> GuestRecord:
         self.kernel.kho.preserve(self.phys, self.size)
-        return self.phys.to_bytes(8, "little")
+        return GuestRecord(self.phys, self.size)
 
 
 class GuestPack:
+    """Built afresh on every boot; only a cold-booted kernel has a guest to preserve."""
+
     @hookimpl
     def luo_subsystems(self, kernel: Kernel | None) -> Iterator[Subsystem]:
         if kernel is not None and kernel.kho_root is None:
-            yield Subsystem(name="guest", ops=GuestMemory(kernel, 8 * MIB))
+            yield Subsystem(name="guest", ops=GuestMemory(kernel, 8 * MIB), schema=GuestRecord)
 
 
 def test_the_next_kernel_never_overwrites_a_preserved_page() -> None:
     machine = Machine(memory_size=64 * MIB, scratch_size=4 * MIB)
-    kernel = Kernel.boot(machine, plugins=[GuestPack()], discover=False)
+    kernel = Kernel.boot(machine, plugins=[GuestPack], discover=False)
     guest = kernel.subsystems["guest"].ops
     assert isinstance(guest, GuestMemory)
     kernel.prepare()
     new = kernel.kexec()
+    assert "guest" not in new.subsystems  # nobody claims it: its record stays raw
     handed = new.handed_over("subsystem", "guest")
     assert isinstance(handed, bytes)
-    phys = int.from_bytes(handed, "little")
-    assert phys == guest.phys
+    record = decode_state(GuestRecord, handed, 1)
+    assert (record.phys, record.size) == (guest.phys, 8 * MIB)
+    phys = record.phys
     # Take every page the new kernel will give out and scribble on it.
     taken = 0
     while True:
@@ -152,7 +174,7 @@ def test_the_next_kernel_never_overwrites_a_preserved_page() -> None:
 
 def test_finish_returns_the_handoff_pages_but_not_the_participants() -> None:
     machine = Machine(memory_size=64 * MIB, scratch_size=4 * MIB)
-    kernel = Kernel.boot(machine, plugins=[GuestPack()], discover=False)
+    kernel = Kernel.boot(machine, plugins=[GuestPack], discover=False)
     kernel.prepare()
     new = kernel.kexec()
     assert new.kho_root is not None
@@ -161,8 +183,36 @@ def test_finish_returns_the_handoff_pages_but_not_the_participants() -> None:
     new.finish()
     assert new.mm.free_bytes > free_before
     assert new.mm.is_free(handed.root.start, handed.root.size)
-    guest = int.from_bytes(unseal(handed.read(new.memory, "subsystem:guest")).payload, "little")
-    assert not new.mm.is_free(guest, 8 * MIB)  # still the participant's
+    blob = handed.read(new.memory, "subsystem:guest")
+    guest = decode_record(blob, {"luo,test-guest-memory": GuestRecord})
+    assert isinstance(guest, GuestRecord)
+    assert not new.mm.is_free(guest.phys, guest.size)  # still the participant's
+
+
+class RawGuestMemory(GuestMemory):
+    """Hands over the guest's address as raw bytes, as opaque records once did."""
+
+    def prepare(self) -> bytes:  # type: ignore[override]
+        return self.phys.to_bytes(8, "little")
+
+
+class RawGuestPack:
+    @hookimpl
+    def luo_subsystems(self, kernel: Kernel | None) -> Iterator[Subsystem]:
+        if kernel is not None:
+            yield Subsystem(name="guest", ops=RawGuestMemory(kernel, MIB), schema=GuestRecord)
+
+
+def test_raw_bytes_are_not_a_handoff_format() -> None:
+    kernel = Kernel.boot(
+        Machine(memory_size=64 * MIB, scratch_size=4 * MIB), plugins=[RawGuestPack], discover=False
+    )
+    with pytest.raises(CallbackError, match="raw bytes are not a handoff format") as caught:
+        kernel.prepare()
+    assert (caught.value.participant, caught.value.phase) == ("subsystem:guest", "prepare")
+    assert "expected its schema GuestRecord" in str(caught.value)
+    assert kernel.state is State.NORMAL
+    assert kernel.kho.nodes == {}
 
 
 def test_liveupdate_number_counts_updates_in_the_root() -> None:

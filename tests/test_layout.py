@@ -16,7 +16,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "luo_core"
 ALLOWED = {
     "abi": {"luo_core.errors", "luo_core.abi"},
-    "platform": {"luo_core.errors", "luo_core.abi", "luo_core.platform"},
+    "platform": {"luo_core.errors", "luo_core._logging", "luo_core.abi", "luo_core.platform"},
 }
 
 

@@ -15,11 +15,13 @@ from luo_core.cli import main
 from luo_core.cli._scaffold import scaffold
 from luo_core.testing import (
     check_cancel,
-    check_deterministic,
+    check_deterministic_across_processes,
     check_fault,
+    check_frozen_workload,
     check_hostile_records,
     check_restore_idempotent,
     check_round_trip,
+    check_round_trip_across_processes,
     contracts_of,
 )
 
@@ -43,8 +45,10 @@ def test_the_scaffold_passes_the_contract_checks(
         for callback in ("prepare", "freeze", "restore"):
             check_fault(pack, callback)
         check_restore_idempotent(pack)
-        check_deterministic(pack)
+        check_frozen_workload(pack)
         check_hostile_records(pack)
+        check_round_trip_across_processes(pack)
+        check_deterministic_across_processes(pack)
     finally:
         for name in [m for m in sys.modules if m.startswith("luo_acme_nvme")]:
             monkeypatch.delitem(sys.modules, name)

@@ -25,19 +25,27 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from luo_core import DeviceDriver, Kernel, Machine, Subsystem
+from luo_core import (
+    DeviceDriver,
+    DeviceDriverOps,
+    Kernel,
+    Machine,
+    State,
+    Subsystem,
+    SubsystemOps,
+)
 from luo_core.cli import main
-from luo_core.errors import PluginConflictError
+from luo_core.errors import CallbackError, PluginConflictError
 from luo_core.kernel._records import PluginOrigin
 from luo_core.kernel._registry import (
     DISABLE_ENV,
-    ENTRY_POINT_GROUP,
     PackInfo,
     PluginRegistry,
     load_plugins,
     normalize,
 )
 from luo_core.platform import EXAMPLE_NIC
+from luo_core.platform._models import ENTRY_POINT_GROUP
 
 EXAMPLE_PACK = "luo-example-nic"
 LogEvent = MutableMapping[str, Any]
@@ -48,9 +56,19 @@ _serial = itertools.count()
 # -- installing fake packs ----------------------------------------------------
 
 PRELUDE = """\
-from luo_core import DeviceDriver, DeviceDriverOps, Subsystem, SubsystemOps, hookimpl
+from luo_core import DeviceDriver, DeviceDriverOps, Subsystem, SubsystemOps, hookimpl, state
 
 BOOTED = []
+
+
+@state(compatible="luo-test,fake-nic-state", version=1)
+class FakeNicState:
+    payload: bytes
+
+
+@state(compatible="luo-test,fake-subsystem-state", version=1)
+class FakeSubsystemState:
+    payload: bytes
 
 
 class FakeNicOps(DeviceDriverOps):
@@ -58,30 +76,64 @@ class FakeNicOps(DeviceDriverOps):
         dev.driver_data = "probed"
 
     def prepare(self, dev):
-        return b"nic-state:" + dev.name.encode()
+        return FakeNicState(b"nic-state:" + dev.name.encode())
 
     def restore(self, dev, data):
-        dev.driver_data = data
+        dev.driver_data = data.payload
 
 
 class FakeSubsystemOps(SubsystemOps):
     def prepare(self):
-        return b"subsystem-state"
+        return FakeSubsystemState(b"subsystem-state")
 
     def boot(self, data):
-        BOOTED.append(data)
+        BOOTED.append(data.payload)
 """
 
 DRIVER_HOOK = """
 @hookimpl
 def luo_device_drivers():
-    yield DeviceDriver(name={name!r}, compatible={compatibles!r}, ops=FakeNicOps())
+    yield DeviceDriver(
+        name={name!r}, compatible={compatibles!r}, ops=FakeNicOps(), schema=FakeNicState
+    )
 """
 
 SUBSYSTEM_HOOK = """
 @hookimpl
 def luo_subsystems():
-    yield Subsystem(name={name!r}, ops=FakeSubsystemOps())
+    yield Subsystem(name={name!r}, ops=FakeSubsystemOps(), schema=FakeSubsystemState)
+"""
+
+FACTORY_PACK = """
+BUILT = []
+
+
+class FactoryPack:
+    \"\"\"A plugin class: the entry point names it, every boot builds one.\"\"\"
+
+    def __init__(self):
+        BUILT.append(type(self).__name__)
+
+    @hookimpl
+    def luo_device_drivers(self):
+        yield DeviceDriver(
+            name={stem!r} + "-nic",
+            compatible=["luo-test," + {stem!r}],
+            ops=FakeNicOps(),
+            schema=FakeNicState,
+        )
+
+    @hookimpl
+    def luo_subsystems(self):
+        yield Subsystem(name={stem!r} + "-sub", ops=FakeSubsystemOps(), schema=FakeSubsystemState)
+
+
+def make_pack():
+    return FactoryPack()
+
+
+NOT_A_FACTORY = FactoryPack()
+BUILT.clear()  # count only what kernels build
 """
 
 
@@ -122,7 +174,9 @@ class DistFactory:
         self.root = root
         self.modules: list[str] = []
 
-    def __call__(self, name: str, source: str, *, version: str = "1.0") -> FakeDist:
+    def __call__(
+        self, name: str, source: str, *, version: str = "1.0", attr: str | None = None
+    ) -> FakeDist:
         slug = re.sub(r"[^a-z0-9]+", "_", name.lower())
         module = f"luo_fake_{next(_serial)}_{slug}"
         # The directory stem must hold the escaped name: importlib.metadata
@@ -132,7 +186,8 @@ class DistFactory:
         (info / "METADATA").write_text(
             f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
         )
-        (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n{slug} = {module}\n")
+        target = module if attr is None else f"{module}:{attr}"
+        (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n{slug} = {target}\n")
         (self.root / f"{module}.py").write_text(source)
         self.modules.append(module)
         importlib.invalidate_caches()
@@ -294,6 +349,7 @@ def test_kernel_boot_runs_a_discovered_pack_through_a_live_update(
     assert nic.driver is not None
     assert nic.driver.origin == dist.origin
     assert nic.driver_data == "probed"
+    old_ops = nic.driver.ops
 
     kernel.devices.request("fake0")
     kernel.prepare()
@@ -301,7 +357,136 @@ def test_kernel_boot_runs_a_discovered_pack_through_a_live_update(
 
     assert new_kernel.devices["fake0"].reclaimed
     assert new_kernel.devices["fake0"].driver_data == b"nic-state:fake0"
+    new_driver = new_kernel.devices["fake0"].driver
+    assert new_driver is not None and new_driver.ops is not old_ops  # the hook ran again
     assert sys.modules[dist.module].BOOTED == [b"subsystem-state"]
+
+
+@pytest.mark.parametrize("attr", ["FactoryPack", "make_pack"], ids=["class", "function"])
+def test_an_entry_point_may_name_a_factory_called_afresh_on_every_boot(
+    make_dist: DistFactory, attr: str
+) -> None:
+    dist = make_dist(
+        "luo-fake-factory",
+        pack_source(extra=FACTORY_PACK.format(stem="factory")),
+        version="1.2",
+        attr=attr,
+    )
+
+    with capture_logs() as logs:
+        first = load_plugins(discover=True, builtin=None)
+        second = load_plugins(discover=True, builtin=None)
+
+    assert failures(logs) == []
+    assert_loaded(first, dist, "factory")
+    assert_loaded(second, dist, "factory")
+    module = sys.modules[dist.module]
+    assert module.BUILT == ["FactoryPack", "FactoryPack"]
+    [one] = [p for p in first.pm.get_plugins() if isinstance(p, module.FactoryPack)]
+    [two] = [p for p in second.pm.get_plugins() if isinstance(p, module.FactoryPack)]
+    assert one is not two and one is not module.NOT_A_FACTORY
+    assert first.drivers["luo-test,factory"].ops is not second.drivers["luo-test,factory"].ops
+    assert first.subsystems["factory-sub"].ops is not second.subsystems["factory-sub"].ops
+
+
+def test_a_discovered_factory_pack_is_rebuilt_by_the_next_kernel(make_dist: DistFactory) -> None:
+    dist = make_dist(
+        "luo-fake-factory",
+        pack_source(extra=FACTORY_PACK.format(stem="factory")),
+        attr="FactoryPack",
+    )
+    machine = Machine()
+    machine.add("fake0", compatible="luo-test,factory")
+    kernel = Kernel.boot(machine)
+    nic = kernel.devices["fake0"]
+    assert nic.driver is not None and nic.driver.origin == dist.origin
+    old_ops = nic.driver.ops
+
+    kernel.devices.request("fake0")
+    kernel.prepare()
+    new_kernel = kernel.kexec()  # the leak check passes: nothing of the old pack crossed
+
+    module = sys.modules[dist.module]
+    assert module.BUILT == ["FactoryPack", "FactoryPack"]
+    new_nic = new_kernel.devices["fake0"]
+    assert (new_nic.reclaimed, new_nic.driver_data) == (True, b"nic-state:fake0")
+    assert new_nic.driver is not None and new_nic.driver.ops is not old_ops
+    assert new_kernel.subsystems["factory-sub"].origin == dist.origin
+    assert module.BOOTED == [b"subsystem-state"]
+
+
+def test_an_entry_point_naming_a_plugin_instance_fails_the_pack(make_dist: DistFactory) -> None:
+    instance = make_dist(
+        "luo-fake-instance",
+        pack_source(extra=FACTORY_PACK.format(stem="instance")),
+        attr="NOT_A_FACTORY",
+    )
+    kept = make_dist.good("luo-fake-kept", "kept")
+
+    with capture_logs() as logs:
+        registry = load_plugins(discover=True, builtin=None)
+
+    assert_failed_once(
+        registry, logs, instance, "PluginError", "FactoryPack is neither a module nor a factory"
+    )
+    assert_owns_nothing(registry, instance)
+    assert "luo-test,instance" not in registry.drivers
+    assert_loaded(registry, kept, "kept")
+
+
+# -- every participant declares its state -------------------------------------
+
+
+def test_a_participant_without_a_schema_is_refused_at_construction() -> None:
+    with pytest.raises(
+        ValueError, match=r"^bare-sub: declare the state it hands over as a @state"
+    ):
+        Subsystem(name="bare-sub", ops=SubsystemOps())
+    with pytest.raises(
+        ValueError, match=r"^bare-nic: declare the state it hands over as a @state"
+    ):
+        DeviceDriver(name="bare-nic", compatible=["luo-test,bare"], ops=DeviceDriverOps())
+    # A driver without live-update callbacks hands nothing over: it needs no schema.
+    plain = DeviceDriver(
+        name="plain-nic", compatible=["luo-test,plain"], ops=DeviceDriverOps(), liveupdate=False
+    )
+    assert plain.schema is None
+
+
+def test_an_installed_pack_handing_over_raw_bytes_fails_prepare(make_dist: DistFactory) -> None:
+    dist = make_dist(
+        "luo-fake-raw",
+        pack_source(
+            subsystem="raw-ok-sub",
+            extra="""
+            class RawNicOps(FakeNicOps):
+                def prepare(self, dev):
+                    return b"nic-state:" + dev.name.encode()
+
+            @hookimpl
+            def luo_device_drivers():
+                yield DeviceDriver(
+                    name="raw-nic",
+                    compatible=["luo-test,raw"],
+                    ops=RawNicOps(),
+                    schema=FakeNicState,
+                )
+            """,
+        ),
+    )
+    machine = Machine()
+    machine.add("raw0", compatible="luo-test,raw")
+    kernel = Kernel.boot(machine)
+    assert only_pack(kernel.registry, dist.name).status == "loaded"
+    kernel.devices.request("raw0")
+
+    with pytest.raises(CallbackError, match="raw bytes are not a handoff format") as caught:
+        kernel.prepare()
+
+    assert (caught.value.participant, caught.value.phase) == ("device:raw0", "prepare")
+    assert "raw-nic returned bytes, expected its schema FakeNicState" in str(caught.value)
+    assert kernel.state is State.NORMAL
+    assert kernel.kho.nodes == {}
 
 
 # -- broken packs are reported once and skipped -------------------------------
@@ -346,7 +531,7 @@ def test_pack_that_fails_to_import_is_reported_once_and_skipped(
             """
             @hookimpl
             def luo_subsystem():
-                yield Subsystem(name="typo-sub", ops=FakeSubsystemOps())
+                yield Subsystem(name="typo-sub", ops=FakeSubsystemOps(), schema=FakeSubsystemState)
             """,
             "luo_subsystem",
             id="luo_subsystem",
@@ -355,7 +540,12 @@ def test_pack_that_fails_to_import_is_reported_once_and_skipped(
             """
             @hookimpl
             def luo_device_driver():
-                yield DeviceDriver(name="typo-nic", compatible=["luo-test,typo"], ops=FakeNicOps())
+                yield DeviceDriver(
+                    name="typo-nic",
+                    compatible=["luo-test,typo"],
+                    ops=FakeNicOps(),
+                    schema=FakeNicState,
+                )
             """,
             "luo_device_driver",
             id="luo_device_driver",
@@ -363,11 +553,20 @@ def test_pack_that_fails_to_import_is_reported_once_and_skipped(
         pytest.param(
             """
             @hookimpl
-            def luo_phase_started(kernel, phase, stats):
+            def luo_phase_started(phase, stats):
                 pass
             """,
             "stats",
             id="argument-not-in-spec",
+        ),
+        pytest.param(
+            """
+            @hookimpl
+            def luo_state_changed(kernel, old, new, event):
+                pass
+            """,
+            "{'kernel'}",
+            id="observer-asks-for-the-kernel",
         ),
     ],
 )
@@ -412,7 +611,8 @@ def luo_device_drivers():
         ),
         pytest.param(
             BAD_SUBSYSTEMS,
-            "yield DeviceDriver(name='misfiled', compatible=['luo-test,x'], ops=FakeNicOps())",
+            "yield DeviceDriver(name='misfiled', compatible=['luo-test,x'], ops=FakeNicOps(),"
+            " schema=FakeNicState)",
             ["luo_subsystems", "expected a Subsystem"],
             id="subsystems-yields-driver",
         ),
@@ -424,9 +624,21 @@ def luo_device_drivers():
         ),
         pytest.param(
             BAD_SUBSYSTEMS,
-            "yield Subsystem(name='Not A Name', ops=FakeSubsystemOps())",
+            "yield Subsystem(name='Not A Name', ops=FakeSubsystemOps(),"
+            " schema=FakeSubsystemState)",
             ["luo_subsystems", "ValueError", "Not A Name"],
             id="subsystems-invalid-record",
+        ),
+        pytest.param(
+            BAD_SUBSYSTEMS,
+            "yield Subsystem(name='bare-sub', ops=FakeSubsystemOps())",
+            [
+                "luo_subsystems",
+                "ValueError",
+                "bare-sub: declare the state it hands over",
+                "@state",
+            ],
+            id="subsystems-without-schema",
         ),
         pytest.param(
             BAD_SUBSYSTEMS,
@@ -445,6 +657,17 @@ def luo_device_drivers():
             "raise OSError(errno.ENODEV, 'no firmware')",
             ["luo_device_drivers", "no firmware"],
             id="drivers-raises",
+        ),
+        pytest.param(
+            BAD_DRIVERS,
+            "yield DeviceDriver(name='bare-nic', compatible=['luo-test,bare'], ops=FakeNicOps())",
+            [
+                "luo_device_drivers",
+                "ValueError",
+                "bare-nic: declare the state it hands over",
+                "@state",
+            ],
+            id="drivers-without-schema",
         ),
     ],
 )

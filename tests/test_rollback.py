@@ -17,29 +17,34 @@ from structlog.testing import capture_logs
 
 from luo_core import Kernel, State
 from luo_core.errors import CallbackError
-from luo_core.platform import default_host
-from tests.journal import Boom, JournalPack
+from luo_core.platform import BUS_MASTER, Hardware, default_host
+from tests.journal import Boom, JournalPack, JournalRecord
 
 NICS = ("0000:01:00.0", "0000:01:00.1", "0000:02:00.0")
 PARTICIPANTS = [*NICS, "alpha", "beta"]
 
 
-def boot(journal: list[str], workers: int = 1) -> tuple[Kernel, JournalPack]:
+def boot(journal: list[str], workers: int = 1) -> tuple[Kernel, JournalPack, Hardware]:
     pack = JournalPack(journal)
-    kernel = Kernel.boot(default_host(), plugins=[pack], discover=False, workers=workers)
+    hw = Hardware(default_host())
+    kernel = Kernel.boot(hw, plugins=[pack], discover=False, workers=workers)
     for name in NICS:
         kernel.devices.request(name)
     for i, name in enumerate(NICS):
         kernel.devices[name].driver_data["counter"] = 10 + i
-    return kernel, pack
+    return kernel, pack, hw
 
 
-def snapshot(kernel: Kernel) -> dict[str, Any]:
+def snapshot(kernel: Kernel, hw: Hardware) -> dict[str, Any]:
+    """Every device as its driver and the hardware see it: driver data, the
+    driver-owned registers and the configuration space (read through the
+    hardware, not the kernel), bus mastering, and the live-update flags."""
     return {
         dev.name: (
             copy.deepcopy(dev.driver_data),
-            dict(dev.hw.regs),
-            dev.hw.bus_master,
+            hw.registers(dev.name).values(owner="driver"),
+            hw.config(dev.name).values(),
+            bool(hw.config(dev.name)["command"] & BUS_MASTER),
             dev.requested,
             dev.preserved,
         )
@@ -50,7 +55,7 @@ def snapshot(kernel: Kernel) -> dict[str, Any]:
 def phase_order(phase: str) -> list[str]:
     """The order participants run ``phase`` in, from a run that succeeds."""
     journal: list[str] = []
-    kernel, _ = boot(journal)
+    kernel, _, _ = boot(journal)
     kernel.prepare()
     kernel.freeze()
     return [e.split(":", 1)[1] for e in journal if e.startswith(phase + ":")]
@@ -60,8 +65,8 @@ def phase_order(phase: str) -> list[str]:
 @pytest.mark.parametrize("victim", PARTICIPANTS)
 def test_prepare_failure_cancels_the_succeeded_in_reverse(victim: str, workers: int) -> None:
     journal: list[str] = []
-    kernel, pack = boot(journal, workers)
-    before = snapshot(kernel)
+    kernel, pack, hw = boot(journal, workers)
+    before = snapshot(kernel, hw)
     pack.fail.add(f"prepare:{victim}")
     with pytest.raises(CallbackError) as info:
         kernel.prepare()
@@ -79,14 +84,14 @@ def test_prepare_failure_cancels_the_succeeded_in_reverse(victim: str, workers: 
     else:  # siblings in flight finish too, and are cancelled
         assert sorted(cancelled) == sorted(p for p in prepared if p != victim)
     assert kernel.state is State.NORMAL
-    assert snapshot(kernel) == before
+    assert snapshot(kernel, hw) == before
 
 
 @pytest.mark.parametrize("victim", PARTICIPANTS)
 def test_freeze_failure_cancels_every_other_prepared_participant(victim: str) -> None:
     journal: list[str] = []
-    kernel, pack = boot(journal)
-    before = snapshot(kernel)
+    kernel, pack, hw = boot(journal)
+    before = snapshot(kernel, hw)
     kernel.prepare()
     prepared = [e.split(":", 1)[1] for e in journal if e.startswith("prepare:")]
     pack.fail.add(f"freeze:{victim}")
@@ -98,11 +103,11 @@ def test_freeze_failure_cancels_every_other_prepared_participant(victim: str) ->
     cancelled = [e.split(":", 1)[1] for e in journal if e.startswith("cancel:")]
     assert cancelled == [p for p in reversed(prepared) if p != victim]
     assert kernel.state is State.NORMAL
-    assert snapshot(kernel) == before
+    assert snapshot(kernel, hw) == before
 
 
 def test_a_failed_update_can_be_retried(journal: list[str]) -> None:
-    kernel, pack = boot(journal)
+    kernel, pack, _ = boot(journal)
     pack.fail.add("freeze:alpha")
     kernel.prepare()
     with pytest.raises(CallbackError):
@@ -118,15 +123,15 @@ def test_a_failed_update_can_be_retried(journal: list[str]) -> None:
 @pytest.mark.parametrize("when", ["prepared", "frozen"])
 def test_cancel_leaves_devices_unchanged(when: str) -> None:
     journal: list[str] = []
-    kernel, _ = boot(journal)
-    before = snapshot(kernel)
+    kernel, _, hw = boot(journal)
+    before = snapshot(kernel, hw)
     kernel.prepare()
     if when == "frozen":
         kernel.freeze()
         assert all(kernel.devices[n].driver_data["paused"] for n in NICS)
     kernel.cancel()
     assert kernel.state is State.NORMAL
-    assert snapshot(kernel) == before
+    assert snapshot(kernel, hw) == before
     cancelled = [e.split(":", 1)[1] for e in journal if e.startswith("cancel:")]
     prepared = [e.split(":", 1)[1] for e in journal if e.startswith("prepare:")]
     assert cancelled == list(reversed(prepared))
@@ -135,7 +140,7 @@ def test_cancel_leaves_devices_unchanged(when: str) -> None:
 @pytest.mark.parametrize("phase", ["cancel", "finish"])
 def test_cancel_and_finish_callbacks_cannot_fail_the_transition(phase: str) -> None:
     journal: list[str] = []
-    kernel, pack = boot(journal)
+    kernel, pack, _ = boot(journal)
     pack.fail.update({f"{phase}:alpha", f"{phase}:0000:01:00.0"})
     kernel.prepare()
     with capture_logs() as logs:
@@ -166,7 +171,7 @@ def test_rollback_is_reported_to_observers(journal: list[str]) -> None:
 
     pack = JournalPack(journal)
     pack.fail.add("prepare:beta")
-    kernel = Kernel.boot(default_host(), plugins=[pack, Watcher()], discover=False)
+    kernel = Kernel.boot(default_host(), plugins=[pack, Watcher], discover=False)
     with pytest.raises(CallbackError):
         kernel.prepare()
     assert seen == [("prepare", "normal", "normal")]
@@ -175,19 +180,22 @@ def test_rollback_is_reported_to_observers(journal: list[str]) -> None:
 def test_a_hung_callback_times_out_and_rolls_back(journal: list[str]) -> None:
     import threading
 
-    from luo_core import KernelConfig, Subsystem, SubsystemOps
+    from luo_core import Subsystem, SubsystemOps
     from luo_core.errors import CallbackTimeoutError
 
     release = threading.Event()
 
     class Hangs(SubsystemOps):
-        def freeze(self, data: bytes) -> bytes:
+        def freeze(self, data: JournalRecord) -> JournalRecord:
             release.wait(timeout=60)
             return data
 
+        def prepare(self) -> JournalRecord:
+            return JournalRecord(b"stuck")
+
     pack = JournalPack(journal)
-    kernel = Kernel(default_host(), KernelConfig([pack], discover=False, callback_timeout=0.5))
-    kernel.register_subsystem(Subsystem(name="stuck", ops=Hangs()))
+    kernel = Kernel.boot(default_host(), plugins=[pack], discover=False, callback_timeout=0.5)
+    kernel.register_subsystem(Subsystem(name="stuck", ops=Hangs(), schema=JournalRecord))
     kernel.prepare()
     try:
         with pytest.raises(CallbackError) as info:

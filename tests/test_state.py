@@ -22,6 +22,7 @@ from luo_core import (
     Subsystem,
     SubsystemOps,
     hookimpl,
+    state,
 )
 from luo_core.errors import (
     BusyError,
@@ -33,7 +34,12 @@ from luo_core.errors import (
     TryAgainError,
 )
 from luo_core.kernel._state import TRANSITIONS, Event, StateMachine
-from tests.journal import JournalPack
+from tests.journal import JournalPack, JournalRecord
+
+
+@state(compatible="luo,test-empty", version=1)
+class Empty:
+    """The state of a participant that hands over nothing."""
 
 
 def to_state(kernel: Kernel, state: State) -> Kernel:
@@ -122,7 +128,7 @@ def test_finish_returns_to_normal_and_allows_a_second_update(kernel: Kernel) -> 
 
 
 def sub(name: str) -> Subsystem:
-    return Subsystem(name=name, ops=SubsystemOps())
+    return Subsystem(name=name, ops=SubsystemOps(), schema=Empty)
 
 
 @pytest.mark.parametrize("state", [State.PREPARED, State.FROZEN])
@@ -145,17 +151,17 @@ def test_register_in_updated_boots_with_handed_over_data(machine: Machine) -> No
     class Late(SubsystemOps):
         got: bytes | None = None
 
-        def prepare(self) -> bytes:
-            return b"late-state"
+        def prepare(self) -> JournalRecord:
+            return JournalRecord(b"late-state")
 
-        def boot(self, data: bytes) -> None:
-            Late.got = data
+        def boot(self, data: JournalRecord) -> None:
+            Late.got = data.payload
 
-    kernel.register_subsystem(Subsystem(name="late", ops=Late()))
+    kernel.register_subsystem(Subsystem(name="late", ops=Late(), schema=JournalRecord))
     kernel.prepare()
     new = kernel.kexec()
     assert new.state is State.UPDATED and "late" not in new.subsystems
-    new.register_subsystem(Subsystem(name="late", ops=Late()))
+    new.register_subsystem(Subsystem(name="late", ops=Late(), schema=JournalRecord))
     assert Late.got == b"late-state"
 
 
@@ -197,7 +203,7 @@ def test_unregistered_subsystem_takes_no_part(kernel: Kernel, journal: list[str]
     new = kernel.kexec()
     assert not any(entry.endswith(":beta") for entry in journal)
     assert new.handed_over("subsystem", "beta") is None
-    assert new.handed_over("subsystem", "alpha") == b"alpha-state"
+    assert new.handed_over("subsystem", "alpha") == JournalRecord(b"alpha-state")
 
 
 # -- one transition at a time -------------------------------------------------
@@ -210,17 +216,17 @@ class Gate(SubsystemOps):
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def prepare(self) -> bytes:
+    def prepare(self) -> Empty:
         self.entered.set()
         if not self.release.wait(timeout=30):
             raise TimeoutError("gate never released")
-        return b""
+        return Empty()
 
 
 def test_concurrent_callers_get_ebusy_or_eagain(machine: Machine) -> None:
     kernel = Kernel.boot(machine, discover=False)
     gate = Gate()
-    kernel.register_subsystem(Subsystem(name="gate", ops=gate))
+    kernel.register_subsystem(Subsystem(name="gate", ops=gate, schema=Empty))
     first = threading.Thread(target=kernel.prepare)
     first.start()
     try:
@@ -284,7 +290,7 @@ def test_a_failing_observer_does_not_silence_the_others(machine: Machine) -> Non
         def luo_phase_started(self, phase: str) -> None:
             seen.append(phase)
 
-    kernel = Kernel.boot(machine, plugins=[Watcher(), Broken()], discover=False)
+    kernel = Kernel.boot(machine, plugins=[Watcher, Broken], discover=False)
     with capture_logs() as logs:
         kernel.prepare()
     assert seen == ["prepare"]
@@ -297,12 +303,16 @@ def test_two_local_plugins_with_one_driver_name_conflict(machine: Machine) -> No
     class One:
         @hookimpl
         def luo_device_drivers(self) -> Iterator[DeviceDriver]:
-            yield DeviceDriver(name="nic", compatible=["a,nic"], ops=DeviceDriverOps())
+            yield DeviceDriver(
+                name="nic", compatible=["a,nic"], ops=DeviceDriverOps(), schema=Empty
+            )
 
     class Two:
         @hookimpl
         def luo_device_drivers(self) -> Iterator[DeviceDriver]:
-            yield DeviceDriver(name="nic", compatible=["b,nic"], ops=DeviceDriverOps())
+            yield DeviceDriver(
+                name="nic", compatible=["b,nic"], ops=DeviceDriverOps(), schema=Empty
+            )
 
     with pytest.raises(PluginConflictError, match=r"local:.*One.*local:.*Two"):
-        Kernel.boot(machine, plugins=[One(), Two()], discover=False)
+        Kernel.boot(machine, plugins=[One, Two], discover=False)

@@ -6,19 +6,23 @@ import pytest
 from hypothesis import settings
 
 from luo_core import Kernel
-from luo_core.platform import EXAMPLE_NIC, flat_host
+from luo_core.platform import flat_host
 from tests.journal import JournalPack
 from tests.test_state_model import LiveUpdateModel
 
 pytestmark = pytest.mark.slow
+TEST_NIC = "luo,test-nic"  # no device model: the orchestrator is what is stressed here
 
 
 def update_all(devices: int, workers: int) -> list[tuple[str, bool, bool, object]]:
     kernel = Kernel.boot(
-        flat_host(devices, EXAMPLE_NIC), plugins=[JournalPack([])], discover=False, workers=workers
+        flat_host(devices, TEST_NIC),
+        plugins=[JournalPack([], compatible=TEST_NIC)],
+        discover=False,
+        workers=workers,
     )
     for i, dev in enumerate(kernel.devices.devices()):
-        if dev.compatible == EXAMPLE_NIC:
+        if dev.compatible == TEST_NIC:
             dev.driver_data["counter"] = i
             kernel.devices.request(dev.name)
     kernel.prepare()

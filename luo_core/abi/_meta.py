@@ -2,8 +2,8 @@
 
 Statistics cross kexec as data like everything else, so the next kernel can
 report the whole update, blackout included.  The record is a frame (magic
-``LUOM``) whose body is the CBOR map ``{"freeze-start": ns, "phases": [...]}``,
-each phase as :meth:`PhaseStats.to_wire` writes it.
+``LUOM``) whose body is the CBOR map :meth:`UpdateStats.to_wire` writes:
+``{"freeze-start": ns, "restore-end": null, "phases": [...], "threads-left": [...]}``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Final
 import cbor2
 
 from luo_core.abi._frame import FrameKind
-from luo_core.abi._stats import PhaseStats, UpdateStats
+from luo_core.abi._stats import UpdateStats
 from luo_core.errors import HandoffError
 
 META_NODE: Final = "luo:meta"
@@ -25,25 +25,16 @@ def write_meta(stats: UpdateStats) -> bytes:
     """The meta record the old kernel adds to its handoff."""
     if stats.freeze_start_ns is None:
         raise HandoffError("the meta record needs the time freeze started")
-    body = {
-        "freeze-start": stats.freeze_start_ns,
-        "phases": [p.to_wire() for p in stats.phases.values()],
-    }
-    return META.pack(cbor2.dumps(body, canonical=True))
+    return META.pack(cbor2.dumps(stats.to_wire(), canonical=True))
 
 
 def read_meta(blob: bytes) -> UpdateStats:
     """The previous kernel's statistics, or :class:`HandoffError`."""
     body = META.unpack(blob)
     try:
-        decoded = cbor2.loads(body)
-        freeze_start = decoded["freeze-start"]
-        if type(freeze_start) is not int:
-            raise TypeError("freeze-start must be an integer")
-        stats = UpdateStats(freeze_start_ns=freeze_start)
-        for wire in decoded["phases"]:
-            phase = PhaseStats.from_wire(wire)
-            stats.phases[phase.phase] = phase
+        stats = UpdateStats.from_wire(cbor2.loads(body))
+        if stats.freeze_start_ns is None:
+            raise ValueError("freeze-start is missing")
         if list(stats.phases)[-1:] != ["kexec"]:
             raise ValueError("the phases do not end with kexec")
     except Exception as exc:

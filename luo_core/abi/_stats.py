@@ -105,6 +105,8 @@ class UpdateStats:
     phases: dict[str, PhaseStats] = attrs.field(factory=dict)
     freeze_start_ns: int | None = None
     restore_end_ns: int | None = None
+    threads_left: list[str] = attrs.field(factory=list)
+    """Threads of the old kernel still running at kexec (a callback's, never luo's own)."""
 
     @property
     def blackout_us(self) -> float | None:
@@ -112,10 +114,41 @@ class UpdateStats:
             return None
         return (self.restore_end_ns - self.freeze_start_ns) / 1000
 
+    def to_wire(self) -> dict[str, Any]:
+        """Plain data (integers and text only): how stats cross kexec and processes."""
+        return {
+            "freeze-start": self.freeze_start_ns,
+            "restore-end": self.restore_end_ns,
+            "phases": [p.to_wire() for p in self.phases.values()],
+            "threads-left": list(self.threads_left),
+        }
+
+    @classmethod
+    def from_wire(cls, wire: object) -> UpdateStats:
+        """Rebuild from :meth:`to_wire`; anything malformed is a ``ValueError``."""
+        if not isinstance(wire, dict):
+            raise ValueError("statistics are not a map")
+        start, end = wire.get("freeze-start"), wire.get("restore-end")
+        for value in (start, end):
+            if value is not None and type(value) is not int:
+                raise ValueError("a statistics time is not an integer")
+        left = wire.get("threads-left", [])
+        if not (type(left) is list and all(type(t) is str for t in left)):
+            raise ValueError("threads-left is not a list of thread names")
+        phases = wire.get("phases")
+        if type(phases) is not list:
+            raise ValueError("phases is not a list")
+        stats = cls(freeze_start_ns=start, restore_end_ns=end, threads_left=left)
+        for item in phases:
+            phase = PhaseStats.from_wire(item)
+            stats.phases[phase.phase] = phase
+        return stats
+
     def summary(self) -> dict[str, Any]:
         """JSON-ready: per phase duration and per participant durations (µs)."""
         return {
             "blackout_us": self.blackout_us,
+            "threads_left": list(self.threads_left),
             "phases": {
                 name: {
                     "ok": p.ok,

@@ -13,6 +13,7 @@ import statistics
 from collections.abc import Iterator
 from typing import Any
 
+from luo_core.abi import state
 from luo_core.cli._args import positive_int
 from luo_core.kernel._hookspecs import hookimpl
 from luo_core.kernel._kernel import Kernel
@@ -23,10 +24,20 @@ NULL_COMPATIBLE = "luo,bench-null"
 PHASES = ("prepare", "freeze", "kexec", "restore", "finish")
 
 
+@state(compatible="luo,bench-null", version=1)
+class NullRecord:
+    """A null device hands over nothing but the fact that it was preserved."""
+
+
 class NullDriverPack:
     @hookimpl
     def luo_device_drivers(self) -> Iterator[DeviceDriver]:
-        yield DeviceDriver(name="bench-null", compatible=[NULL_COMPATIBLE], ops=DeviceDriverOps())
+        yield DeviceDriver(
+            name="bench-null",
+            compatible=[NULL_COMPATIBLE],
+            ops=DeviceDriverOps(),
+            schema=NullRecord,
+        )
 
 
 def add_parser(verbs: Any) -> None:
@@ -46,7 +57,7 @@ def cycle(devices: int, workers: int) -> dict[str, float]:
     """One prepare+freeze+kexec+restore+finish over ``devices`` null devices."""
     kernel = Kernel.boot(
         flat_host(devices, NULL_COMPATIBLE),
-        plugins=[NullDriverPack()],
+        plugins=[NullDriverPack],
         discover=False,
         workers=workers,
     )
@@ -54,7 +65,7 @@ def cycle(devices: int, workers: int) -> dict[str, float]:
         if not dev.children:
             kernel.devices.request(dev.name)
     kernel.prepare()
-    new = kernel.kexec()
+    new = kernel.kexec(check_leaks=False)
     new.finish()
     assert new.stats is not None and new.stats.blackout_us is not None
     out = {name: new.stats.phases[name].duration_us for name in PHASES}

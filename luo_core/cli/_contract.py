@@ -13,7 +13,9 @@ from luo_core.errors import LiveUpdateError
 def add_parser(verbs: Any) -> None:
     parser = verbs.add_parser("contract", help="run the contract suite against an installed pack")
     parser.add_argument("pack", metavar="PACK", help="the pack's distribution name")
-    parser.add_argument("-v", "--verbose", action="store_true", help="list every test")
+    parser.add_argument(
+        "-v", "--verbose", dest="list_tests", action="store_true", help="list every test"
+    )
     parser.set_defaults(run=run)
 
 
@@ -34,14 +36,21 @@ def run(args: argparse.Namespace) -> int:
                 "-c", str(ini), "--rootdir", tmp, "-p", "no:cacheprovider",
                 "-W", "ignore::pytest.PytestAssertRewriteWarning",
                 "-p", "luo_core.testing", "--luo-pack", args.pack,
-                "-rs", "-v" if args.verbose else "-q",
+                "-rs", "-v" if args.list_tests else "-q",
                 "--pyargs", "luo_core.testing._installed",
             ]
         )  # fmt: skip
+    # The suite's own tests may have reconfigured structlog: the command's rule holds again.
+    from luo_core.cli._main import configure_logging
+
+    configure_logging(args.verbose)
     costs = blackout_costs(pack)
-    print(f"\nblackout-path cost per device for {args.pack} (one update, µs):")
+    print(f"\nblackout-path cost per device for {args.pack} (median of 3 updates, µs):")
     for device, phases in costs.items():
-        print(f"  {device}: freeze {phases['freeze']:.1f}, restore {phases['restore']:.1f}")
+        print(
+            f"  {device}: freeze {phases['freeze']:.1f} + restore {phases['restore']:.1f}"
+            f" = {phases['total']:.1f}"
+        )
     for line in over_budget(pack, costs):
         print(f"  over budget: {line}")
     verdict = "passed" if code == 0 else "FAILED"

@@ -70,7 +70,7 @@ def describe(blob: bytes) -> dict[str, Any]:
                 raise HandoffError(f"node {name}: envelope says {sealed.compatible}")
             else:
                 entry["payload"] = sealed.payload.hex()
-                entry["note"] = "no schema for this compatible here (or opaque)"
+                entry["note"] = "no pack installed here declares this compatible"
         nodes.append(entry)
     return {
         "root": root,

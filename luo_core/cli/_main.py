@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
-import structlog
-
+from luo_core import _logging
 from luo_core.cli import _abi, _bench, _contract, _demo, _drivers, _inspect, _scaffold
 from luo_core.errors import LiveUpdateError, MachineError
 
@@ -18,16 +16,7 @@ EXIT_USAGE = 2
 
 def configure_logging(verbosity: int) -> None:
     """The CLI, not the library, decides where log events go: stderr."""
-    level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="%H:%M:%S.%f"),
-            structlog.dev.ConsoleRenderer(colors=False),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
+    _logging.configure({0: "warning", 1: "info"}.get(verbosity, "debug"))
 
 
 def build_parser() -> argparse.ArgumentParser:

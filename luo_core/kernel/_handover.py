@@ -23,9 +23,7 @@ from luo_core.abi._kho import find_containing
 from luo_core.errors import HandoffError
 from luo_core.kernel._alloc import PageAllocator
 from luo_core.kernel._kho import KexecHandover
-from luo_core.kernel._orchestrator import PhaseRunner
-from luo_core.kernel._participants import DEVICE, DeviceSteps, Key, device_key, label
-from luo_core.kernel.devices import Device, DeviceTree, restore_graph
+from luo_core.kernel._participants import Key
 from luo_core.platform import PhysicalMemory
 
 log = structlog.get_logger("luo")
@@ -94,49 +92,6 @@ def publish(kho: KexecHandover, key: Key, compatible: str, data: bytes) -> None:
     if kho.has_node(name):
         kho.remove_node(name)
     kho.add_node(name, compatible, data)
-
-
-def restore_devices(
-    runner: PhaseRunner,
-    tree: DeviceTree,
-    steps: DeviceSteps,
-    incoming: dict[Key, HandoffRecord],
-    corrupted: set[Key],
-) -> bool:
-    """Mark handed-over devices preserved and restore them, parents first.
-
-    A device whose record is corrupted or unreadable, or whose driver's
-    restore fails, is left unbound, and so are the devices depending on it.
-    Returns whether every restore succeeded.
-    """
-    handed: list[Device] = []
-    for kind, name in sorted({*incoming, *corrupted}):
-        if kind != DEVICE:
-            continue
-        if name not in tree:
-            log.error("handed_over_device_missing", device=name)
-            continue
-        dev = tree[name]
-        dev._preserved = True
-        handed.append(dev)
-
-    def restore(dev: Device) -> None:
-        record = incoming.get(device_key(dev))
-        if record is None:
-            raise HandoffError(f"the handoff record of {dev.name} is corrupted")
-        runner.call(label(device_key(dev)), steps.restore, dev, record.data)
-        dev._reclaimed = True
-
-    outcome = runner.run_graph(
-        restore_graph(handed), restore, lambda d: d.index, stop_on_error=False
-    )
-    for dev, exc in outcome.failed:
-        dev.driver = None  # never leave a half-restored device bound
-        log.error("restore_failed", device=dev.name, error=f"{type(exc).__name__}: {exc}")
-    for dev in outcome.skipped:
-        dev.driver = None
-        log.error("restore_skipped", device=dev.name, reason="a dependency failed to restore")
-    return not outcome.failed
 
 
 def kho_owned(handed: HandedOver) -> list[MemRange]:

@@ -6,10 +6,12 @@ each record with the distribution it came from.  They may take ``kernel``:
 the kernel being booted (its ``memory``, ``mm`` and ``kho`` are ready; its
 devices are not yet), or ``None`` when packs are only listed (``luo drivers``,
 ``luo manifest``).  Ops objects that need the kernel keep it: they live and
-die with it.  Observer hooks
+die with it.  Every boot builds a pack's plugin afresh, so registration hooks
+are called on a new object each time.  Observer hooks
 (``luo_state_changed``, ``luo_phase_started``, ``luo_phase_finished``) are
 called for every plugin that implements them, may be ``wrapper=True``, and
 never affect the update: an exception in an observer is logged and ignored.
+They get data (states, phase names, timings), never the kernel.
 """
 
 from __future__ import annotations
@@ -45,21 +47,23 @@ class LuoSpec:
 
         Example::
 
-            >>> from luo_core import Kernel, Subsystem, SubsystemOps, hookimpl
-            >>> from luo_core.platform import Machine
+            >>> from luo_core import Kernel, Machine, Subsystem, SubsystemOps, hookimpl, state, u64
+            >>> @state(compatible="acme,counter", version=1)
+            ... class CounterRecord:
+            ...     value: u64
             >>> class Counter(SubsystemOps):
-            ...     def prepare(self) -> bytes:
-            ...         return b"42"
-            ...     def boot(self, data: bytes) -> None:
-            ...         print("next kernel got", data)
+            ...     def prepare(self):
+            ...         return CounterRecord(42)
+            ...     def boot(self, data):
+            ...         print("next kernel got", data.value)
             >>> class CounterPack:
             ...     @hookimpl
             ...     def luo_subsystems(self):
-            ...         yield Subsystem(name="counter", ops=Counter())
-            >>> kernel = Kernel.boot(Machine(), plugins=[CounterPack()], discover=False)
+            ...         yield Subsystem(name="counter", ops=Counter(), schema=CounterRecord)
+            >>> kernel = Kernel.boot(Machine(), plugins=[CounterPack], discover=False)
             >>> kernel.prepare()
             >>> new_kernel = kernel.kexec()
-            next kernel got b'42'
+            next kernel got 42
             >>> new_kernel.state.value
             'updated'
         """
@@ -73,20 +77,25 @@ class LuoSpec:
 
         Example::
 
-            >>> from luo_core import DeviceDriver, DeviceDriverOps, Kernel, hookimpl
+            >>> from luo_core import DeviceDriver, DeviceDriverOps, Kernel, hookimpl, state, u64
             >>> from luo_core.platform import default_host
+            >>> @state(compatible="acme,nic-state", version=1)
+            ... class NicRecord:
+            ...     rx: u64
             >>> class Nic(DeviceDriverOps):
             ...     def probe(self, dev):
             ...         dev.driver_data = {"rx": 0}
             ...     def prepare(self, dev):
-            ...         return str(dev.driver_data["rx"]).encode()
+            ...         return NicRecord(dev.driver_data["rx"])
             ...     def restore(self, dev, data):
-            ...         dev.driver_data = {"rx": int(data)}
+            ...         dev.driver_data = {"rx": data.rx}
             >>> class NicPack:
             ...     @hookimpl
             ...     def luo_device_drivers(self):
-            ...         yield DeviceDriver(name="nic", compatible=["luo,example-nic"], ops=Nic())
-            >>> kernel = Kernel.boot(default_host(), plugins=[NicPack()], discover=False)
+            ...         yield DeviceDriver(
+            ...             name="nic", compatible=["luo,example-nic"], ops=Nic(), schema=NicRecord
+            ...         )
+            >>> kernel = Kernel.boot(default_host(), plugins=[NicPack], discover=False)
             >>> kernel.devices["0000:01:00.0"].driver_data["rx"] = 7
             >>> kernel.devices.request("0000:01:00.0")
             >>> kernel.prepare()
@@ -111,7 +120,7 @@ class LuoSpec:
             ...     @hookimpl
             ...     def luo_buses(self):
             ...         yield Bus(name="usb", liveupdate=False)
-            >>> kernel = Kernel.boot(Machine(), plugins=[UsbPack()], discover=False)
+            >>> kernel = Kernel.boot(Machine(), plugins=[UsbPack], discover=False)
             >>> sorted(kernel.registry.buses)
             ['pci', 'platform', 'usb']
         """
@@ -127,33 +136,38 @@ class LuoSpec:
 
         Example::
 
-            >>> from luo_core import DeviceDriver, DeviceDriverOps, hookimpl
+            >>> from luo_core import DeviceDriver, DeviceDriverOps, hookimpl, state, u64
             >>> from luo_core.platform import default_host
             >>> from luo_core.testing import Contract, check_round_trip
+            >>> @state(compatible="acme,nic-state", version=1)
+            ... class NicRecord:
+            ...     sent: u64
             >>> class Nic(DeviceDriverOps):
             ...     def probe(self, dev):
-            ...         dev.driver_data = [0]
+            ...         dev.driver_data = {"sent": 0}
             ...     def prepare(self, dev):
-            ...         return str(dev.driver_data[0]).encode()
+            ...         return NicRecord(dev.driver_data["sent"])
             ...     def restore(self, dev, data):
-            ...         dev.driver_data = [int(data)]
+            ...         dev.driver_data = {"sent": data.sent}
             >>> def bump(dev):
-            ...     dev.driver_data[0] += 5
+            ...     dev.driver_data["sent"] += 5
             >>> class NicPack:
             ...     @hookimpl
             ...     def luo_device_drivers(self):
-            ...         yield DeviceDriver(name="nic", compatible=["luo,example-nic"], ops=Nic())
+            ...         yield DeviceDriver(
+            ...             name="nic", compatible=["luo,example-nic"], ops=Nic(), schema=NicRecord
+            ...         )
             ...     @hookimpl
             ...     def luo_contracts(self):
             ...         yield Contract(
             ...             name="nic", machine=default_host, devices=["0000:01:00.0"],
             ...             workload=bump, snapshot=lambda dev: dev.driver_data,
             ...         )
-            >>> check_round_trip(NicPack())
+            >>> check_round_trip(NicPack)  # in-process; luo contract also runs it across processes
         """
 
     @hookspec
-    def luo_state_changed(self, kernel: Kernel, old: State, new: State, event: Event) -> None:
+    def luo_state_changed(self, old: State, new: State, event: Event) -> None:
         """Observe a committed change of the global state (rollbacks included).
 
         ``event`` is what caused it; a rollback reports the event that failed
@@ -167,7 +181,7 @@ class LuoSpec:
             ...     @hookimpl
             ...     def luo_state_changed(self, old, new, event):
             ...         print(f"{event.value}: {old.value} -> {new.value}")
-            >>> kernel = Kernel.boot(Machine(), plugins=[Watcher()], discover=False)
+            >>> kernel = Kernel.boot(Machine(), plugins=[Watcher], discover=False)
             >>> kernel.prepare()
             prepare: normal -> prepared
             >>> kernel.cancel()
@@ -175,7 +189,7 @@ class LuoSpec:
         """
 
     @hookspec
-    def luo_phase_started(self, kernel: Kernel, phase: str) -> None:
+    def luo_phase_started(self, phase: str) -> None:
         """Observe the start of a phase: ``prepare``, ``freeze``, ``cancel``,
         ``kexec``, ``restore`` or ``finish``.
 
@@ -188,13 +202,13 @@ class LuoSpec:
             ...     def luo_phase_started(self, phase):
             ...         print("starting", phase)
             ...         return (yield)
-            >>> kernel = Kernel.boot(Machine(), plugins=[Tracer()], discover=False)
+            >>> kernel = Kernel.boot(Machine(), plugins=[Tracer], discover=False)
             >>> kernel.prepare()
             starting prepare
         """
 
     @hookspec
-    def luo_phase_finished(self, kernel: Kernel, phase: str, stats: PhaseStats) -> None:
+    def luo_phase_finished(self, phase: str, stats: PhaseStats) -> None:
         """Observe the end of a phase, with its timings (``stats.ok`` is False
         when a callback failed and the phase was rolled back).
 
@@ -206,7 +220,7 @@ class LuoSpec:
             ...     @hookimpl
             ...     def luo_phase_finished(self, phase, stats):
             ...         print(phase, stats.ok, stats.duration_us >= 0)
-            >>> kernel = Kernel.boot(Machine(), plugins=[Timer()], discover=False)
+            >>> kernel = Kernel.boot(Machine(), plugins=[Timer], discover=False)
             >>> kernel.prepare()
             prepare True True
         """

@@ -40,10 +40,18 @@ class GraphOutcome(Generic[K]):
 class PhaseRunner:
     """Times and logs every callback of one phase into its :class:`PhaseStats`."""
 
-    def __init__(self, phase: str, workers: int = 1, timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        phase: str,
+        workers: int = 1,
+        timeout: float | None = None,
+        abandoned: list[threading.Thread] | None = None,
+    ) -> None:
         self.phase = phase
         self.workers = max(1, workers)
         self.timeout = timeout
+        self.abandoned = [] if abandoned is None else abandoned
+        """Where the threads of callbacks given up on (timed out) are kept."""
         self.stats = PhaseStats(phase=phase, start_ns=now_ns())
         # Bind once per phase: an unbound structlog proxy re-binds on every call.
         self.log = log.bind(phase=phase)
@@ -55,7 +63,7 @@ class PhaseRunner:
             if self.timeout is None:
                 result = fn(*args)
             else:
-                result = _bounded(self.timeout, participant, self.phase, fn, *args)
+                result = _bounded(self.timeout, participant, self.phase, self.abandoned, fn, *args)
         except Exception as exc:
             duration = now_ns() - start
             self.stats.add(
@@ -159,12 +167,18 @@ class PhaseRunner:
 
 
 def _bounded(
-    timeout: float, participant: str, phase: str, fn: Callable[..., T], *args: object
+    timeout: float,
+    participant: str,
+    phase: str,
+    abandoned: list[threading.Thread],
+    fn: Callable[..., T],
+    *args: object,
 ) -> T:
     """``fn(*args)`` on a thread of its own, given up on after ``timeout`` seconds.
 
     A callback that hangs cannot be killed: its thread runs on, like a stuck
-    kernel thread, and whatever it does when it wakes is its own business.
+    kernel thread, and is kept in ``abandoned``; a kexec reports it, and the
+    hardware fences it once its kernel is gone.
     """
     box: list[Any] = []
     done = threading.Event()
@@ -177,8 +191,10 @@ def _bounded(
         finally:
             done.set()
 
-    threading.Thread(target=target, name=f"luo {phase} {participant}", daemon=True).start()
+    thread = threading.Thread(target=target, name=f"luo {phase} {participant}", daemon=True)
+    thread.start()
     if not done.wait(timeout):
+        abandoned.append(thread)
         raise CallbackTimeoutError(f"{phase} of {participant} did not return within {timeout:g}s")
     kind, value = box[0]
     if kind == "error":

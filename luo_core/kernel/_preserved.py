@@ -1,10 +1,11 @@
 """Each participant's preserved value: sealed when it is kept, opened when restored.
 
-A participant with a ``schema`` (a ``@state`` class) returns instances of it;
-its records carry the schema's ``compatible`` and version, and the next kernel
-decodes them with its own schema, migrating older versions.  A participant
-without one returns bytes, sealed as an *opaque* record under its own name,
-version 0: luo cannot check those, so a schema is always the better choice.
+A participant declares its ``schema`` (a ``@state`` class) and its callbacks
+return instances of it; ``None`` hands over the schema's default value (for a
+schema whose fields all have defaults).  Its records carry the schema's
+``compatible`` and version, and the next kernel decodes them with its own
+schema, migrating older versions.  Nothing else is accepted: raw bytes are
+unversioned and unchecked, and pickle is never a handoff format.
 """
 
 from __future__ import annotations
@@ -14,13 +15,6 @@ from typing import Any
 from luo_core.abi import decode_state, encode_state, schema_of, seal, unseal
 from luo_core.errors import DecodeError
 from luo_core.kernel._participants import Key
-
-OPAQUE_VERSION = 0
-
-
-def record_compatible(owner: str, schema: type[Any] | None) -> str:
-    """The compatible a participant's records carry."""
-    return owner if schema is None else schema_of(schema).compatible
 
 
 class Preserved:
@@ -42,40 +36,40 @@ class Preserved:
         if key in self.sealed and self.values.get(key) is value:
             return
         if schema is None:
-            if not isinstance(value, bytes):
+            raise TypeError(f"{owner} has no schema: declare the state it hands over with @state")
+        if value is None:
+            try:
+                value = schema()
+            except TypeError:
                 raise TypeError(
-                    f"{owner} returned {type(value).__name__}; without a schema it must "
-                    "return bytes"
-                )
-            blob = seal(owner, OPAQUE_VERSION, value)
-        else:
-            if not isinstance(value, schema):
-                raise TypeError(
-                    f"{owner} returned {type(value).__name__}, expected {schema.__name__}"
-                )
-            version = self.versions.get(key, schema_of(schema).version)
-            blob = seal(
-                schema_of(schema).compatible, version, encode_state(value, version=version)
+                    f"{owner} returned None; return a {schema.__name__} (its fields have no "
+                    "defaults to hand over)"
+                ) from None
+        if not isinstance(value, schema):
+            raise TypeError(
+                f"{owner} returned {type(value).__name__}, expected its schema {schema.__name__}"
+                + (": raw bytes are not a handoff format" if isinstance(value, bytes) else "")
             )
+        version = self.versions.get(key, schema_of(schema).version)
+        compatible = schema_of(schema).compatible
         self.values[key] = value
-        self.sealed[key] = blob
-        self.compatibles[key] = record_compatible(owner, schema)
+        self.sealed[key] = seal(compatible, version, encode_state(value, version=version))
+        self.compatibles[key] = compatible
 
     def open(self, key: Key, owner: str, schema: type[Any] | None, blob: bytes) -> object:
         """Decode a record handed over for ``owner`` (migrating old versions)."""
         sealed = unseal(blob)
-        expected = record_compatible(owner, schema)
+        if schema is None:
+            raise DecodeError(
+                f"{owner} has no schema in this kernel: it cannot read {sealed.compatible}"
+            )
+        expected = schema_of(schema).compatible
         if sealed.compatible != expected:
             raise DecodeError(
                 f"{owner}: the record is {sealed.compatible} v{sealed.version}, "
                 f"this kernel reads {expected}"
             )
-        if schema is None:
-            if sealed.version != OPAQUE_VERSION:
-                raise DecodeError(f"{owner}: opaque record with version {sealed.version}")
-            value: object = sealed.payload
-        else:
-            value = decode_state(schema, sealed.payload, sealed.version)
+        value = decode_state(schema, sealed.payload, sealed.version)
         self.values[key] = value
         return value
 

@@ -58,11 +58,11 @@ class PluginOrigin:
 class SubsystemOps:
     """Callbacks of a subsystem participant (``liveupdate_subsystem_ops``).
 
-    Override what you need; the defaults preserve nothing.  What ``prepare``
-    and ``freeze`` return — an instance of the participant's ``schema``, or
-    bytes when it has none — is sealed into its handoff record, the only
-    thing that reaches the next kernel; ``boot``, ``cancel`` and ``finish``
-    get that value back (``boot`` a fresh one decoded from the record).
+    Override what you need.  What ``prepare`` and ``freeze`` return — an
+    instance of the participant's ``schema`` (``None``: the schema's default
+    value) — is sealed into its handoff record, the only thing that reaches
+    the next kernel; ``boot``, ``cancel`` and ``finish`` get that value back
+    (``boot`` a fresh one decoded from the record).
 
     * ``prepare()`` runs while VMs still run: do the heavy serialisation here
       and return the preserved data.
@@ -75,7 +75,7 @@ class SubsystemOps:
     """
 
     def prepare(self) -> Any:
-        return b""
+        return None
 
     def freeze(self, data: Any) -> Any:
         return data
@@ -96,9 +96,10 @@ class DeviceDriverOps:
     * ``probe(dev)`` binds a device on a cold boot (or one that was not
       preserved); ``shutdown(dev)`` runs at kexec for devices not preserved.
     * ``can_preserve(dev)`` says whether this device can be requested.
-    * ``prepare(dev) -> bytes``: heavy serialisation while the device runs.
-    * ``freeze(dev, data) -> bytes``: quiesce the driver (not the device: DMA
-      goes on); light, on the blackout path.
+    * ``prepare(dev)``: heavy serialisation while the device runs; returns an
+      instance of the driver's ``schema`` (``None``: its default value).
+    * ``freeze(dev, data)``: quiesce the driver (not the device: DMA goes on)
+      and return the final value; light, on the blackout path.
     * ``cancel(dev, data)``: undo prepare/freeze exactly; must not fail.
     * ``restore(dev, data)``: the next kernel reclaims the running device from
       ``data`` instead of probing it; light, on the blackout path.
@@ -115,7 +116,7 @@ class DeviceDriverOps:
         return True
 
     def prepare(self, dev: Device) -> Any:
-        return b""
+        return None
 
     def freeze(self, dev: Device, data: Any) -> Any:
         return data
@@ -158,17 +159,27 @@ def _check_schema(_instance: object, _attribute: object, value: type[Any] | None
         schema_of(value)  # a SchemaError unless it is a @state class
 
 
+def _require_schema(instance: object, attribute: object, value: type[Any] | None) -> None:
+    if value is None:
+        name = getattr(instance, "name", "?")
+        raise ValueError(
+            f"{name}: declare the state it hands over as a @state class (schema=...); "
+            "an empty one if it hands over nothing"
+        )
+    _check_schema(instance, attribute, value)
+
+
 @attrs.frozen
 class Subsystem:
     """A subsystem participant: one name, one callback table, one handoff record.
 
-    ``schema`` is the ``@state`` class its callbacks preserve; without one
-    they deal in opaque bytes that luo cannot version-check.
+    ``schema`` is the ``@state`` class its callbacks preserve: every record is
+    declared and versioned.
     """
 
     name: str = attrs.field(validator=_check_name)
     ops: SubsystemOps = attrs.field(validator=attrs.validators.instance_of(SubsystemOps))
-    schema: type[Any] | None = attrs.field(default=None, validator=_check_schema)
+    schema: type[Any] | None = attrs.field(default=None, validator=_require_schema)
     origin: PluginOrigin | None = attrs.field(default=None, eq=False)
 
 
@@ -178,7 +189,8 @@ class DeviceDriver:
 
     ``liveupdate=False`` declares a driver without live-update callbacks: its
     devices (and their descendants) cannot be requested.  ``schema`` is the
-    ``@state`` class its callbacks preserve per device (or opaque bytes).
+    ``@state`` class its callbacks preserve per device; a driver with
+    live-update callbacks must declare one.
     """
 
     name: str = attrs.field(validator=_check_name)
@@ -187,6 +199,10 @@ class DeviceDriver:
     liveupdate: bool = True
     schema: type[Any] | None = attrs.field(default=None, validator=_check_schema)
     origin: PluginOrigin | None = attrs.field(default=None, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.liveupdate and self.schema is None:
+            _require_schema(self, None, None)
 
 
 @attrs.frozen

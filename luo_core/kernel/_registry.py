@@ -1,6 +1,8 @@
 """Plugin discovery and registration: entry points, validation, conflicts.
 
-Packs are found in the entry-point group ``luo_core.plugins``.  A pack that
+Packs are found in the entry-point group ``luo_core.plugins``; an entry point
+names a module or a factory (a class or function that builds the plugin),
+and every boot builds its plugins afresh.  A pack that
 fails to import, misspells a hook or yields a malformed record is reported
 once (``plugin_failed``) and skipped; the rest still load.  Two packs that
 claim the same name or compatible are a :class:`PluginConflictError` naming
@@ -9,22 +11,25 @@ both distributions.  ``LUO_DISABLE_PLUGINS=dist1,dist2`` blocks packs.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import types
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from importlib import metadata
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import attrs
 import pluggy
 import structlog
+from pluggy import HookimplOpts, HookspecOpts
 
+from luo_core.abi._boot import PluginFactory, factory_name, load_factory, resolve
 from luo_core.errors import PluginConflictError, PluginError
 from luo_core.kernel._hookspecs import PROJECT, LuoSpec
 from luo_core.kernel._records import Bus, DeviceDriver, PluginOrigin, Record, Subsystem
+from luo_core.platform._models import ENTRY_POINT_GROUP, HardwareSpec
 
-ENTRY_POINT_GROUP = "luo_core.plugins"
 DISABLE_ENV = "LUO_DISABLE_PLUGINS"
 CORE_DISTRIBUTION = "luo-core"
 
@@ -60,12 +65,42 @@ def disabled_distributions() -> frozenset[str]:
     return frozenset(normalize(n.strip()) for n in raw.split(",") if n.strip())
 
 
+class _Manager(pluggy.PluginManager):
+    """pluggy's manager, remembering what it learnt about a class's or module's hooks.
+
+    pluggy inspects every attribute of a plugin on registration.  A kernel
+    registers fresh plugins on every boot, on the blackout path, but their
+    classes and modules do not change: what was found once is found again.
+    """
+
+    _specs: ClassVar[dict[tuple[object, str], HookspecOpts | None]] = {}
+    _impls: ClassVar[dict[tuple[object, str], HookimplOpts | None]] = {}
+
+    def parse_hookspec_opts(self, module_or_class: Any, name: str) -> HookspecOpts | None:
+        key = (module_or_class, name)
+        if key not in self._specs:
+            self._specs[key] = super().parse_hookspec_opts(module_or_class, name)
+        found = self._specs[key]
+        return None if found is None else found.copy()
+
+    def parse_hookimpl_opts(self, plugin: object, name: str) -> HookimplOpts | None:
+        holder: object = plugin if isinstance(plugin, types.ModuleType) else type(plugin)
+        if holder is not plugin and name in getattr(plugin, "__dict__", ()):
+            return super().parse_hookimpl_opts(plugin, name)  # set on the instance itself
+        key = (holder, name)
+        if key not in self._impls:
+            self._impls[key] = super().parse_hookimpl_opts(plugin, name)
+        found = self._impls[key]
+        return None if found is None else found.copy()
+
+
 class PluginRegistry:
     """The packs of one kernel, their hooks, and the records they registered."""
 
     def __init__(self) -> None:
-        self.pm = pluggy.PluginManager(PROJECT)
+        self.pm = _Manager(PROJECT)
         self.pm.add_hookspecs(LuoSpec)
+        self.pm.add_hookspecs(HardwareSpec)  # packs ship device models beside drivers
         self.packs: list[PackInfo] = []
         self.subsystems: dict[str, Subsystem] = {}
         self.drivers: dict[str, DeviceDriver] = {}
@@ -125,24 +160,23 @@ class PluginRegistry:
             return
         self._origins[name] = origin
 
-    def discover(self) -> None:
-        """Load every pack in the ``luo_core.plugins`` entry-point group."""
-        disabled = disabled_distributions()
-        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=_ep_key):
-            dist = ep.dist
-            origin = PluginOrigin(
-                dist.name if dist else ep.name, dist.version if dist else "0+unknown"
-            )
-            if normalize(origin.distribution) in disabled:
-                self.packs.append(PackInfo(origin, "disabled"))
-                log.info("plugin_disabled", distribution=origin.distribution, env=DISABLE_ENV)
+    def build(self, image: Sequence[PluginSource]) -> None:
+        """Build and register a fresh plugin from each of ``image``'s factories."""
+        for source in image:
+            if source.status == "disabled":
+                self.packs.append(PackInfo(source.origin, "disabled"))
+                continue
+            if source.error is not None or source.factory is None:
+                self._fail(source.origin, source.error or "no factory")
                 continue
             try:
-                plugin = ep.load()
+                plugin = resolve(source.factory)
             except Exception as exc:
-                self._fail(origin, f"import of {ep.value} failed: {type(exc).__name__}: {exc}")
+                self._fail(
+                    source.origin, f"building the plugin failed: {type(exc).__name__}: {exc}"
+                )
                 continue
-            self.add(plugin, origin)
+            self.add(plugin, source.origin)
 
     def _fail(self, origin: PluginOrigin, error: str) -> None:
         error = " ".join(error.split())  # one line, whatever the cause printed
@@ -195,12 +229,6 @@ class PluginRegistry:
                 _claim(self.drivers, compatible, record, "compatible")
 
 
-def _plugin_name(plugin: object) -> str:
-    if isinstance(plugin, types.ModuleType):
-        return plugin.__name__
-    return type(plugin).__qualname__
-
-
 def _ep_key(ep: metadata.EntryPoint) -> tuple[str, str]:
     return (ep.dist.name if ep.dist else "", ep.name)
 
@@ -231,8 +259,75 @@ def _conflict(what: str, key: str, first: Record, second: Record) -> None:
     )
 
 
+@attrs.frozen
+class PluginSource:
+    """One plugin of a kernel image: where it comes from and the factory that builds it."""
+
+    origin: PluginOrigin
+    factory: PluginFactory | None
+    status: Literal["ok", "disabled", "failed"] = "ok"
+    error: str | None = None
+
+
+def load_image(
+    plugins: Sequence[PluginFactory] = (), *, discover: bool = True, builtin: object | None = None
+) -> list[PluginSource]:
+    """What a kernel image holds: the factories of luo's own plugin, the installed packs
+    (``discover``) and ``plugins``, imported but not called.
+
+    Loading is the slow part (reading every installed distribution's entry
+    points, importing modules); it happens once, as ``kexec -l`` loads an image
+    early, and every boot from the image builds its plugins afresh.
+    """
+    image: list[PluginSource] = []
+    if builtin is not None:
+        image.append(PluginSource(core_origin(), _same(builtin)))
+    if discover:
+        disabled = disabled_distributions()
+        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=_ep_key):
+            dist = ep.dist
+            origin = PluginOrigin(
+                dist.name if dist else ep.name, dist.version if dist else "0+unknown"
+            )
+            if normalize(origin.distribution) in disabled:
+                log.info("plugin_disabled", distribution=origin.distribution, env=DISABLE_ENV)
+                image.append(PluginSource(origin, None, "disabled"))
+                continue
+            try:
+                image.append(PluginSource(origin, ep.load()))
+            except Exception as exc:
+                error = f"loading {ep.value} failed: {type(exc).__name__}: {exc}"
+                image.append(PluginSource(origin, None, "failed", error))
+    for factory in plugins:
+        origin = PluginOrigin(f"local:{factory_name(factory)}", "0")
+        try:
+            loaded = load_factory(factory)
+        except Exception as exc:
+            error = f"loading {factory_name(factory)} failed: {type(exc).__name__}: {exc}"
+            image.append(PluginSource(origin, None, "failed", error))
+            continue
+        image.append(PluginSource(origin, loaded))
+    return image
+
+
+def _same(plugin: object) -> PluginFactory:
+    return plugin if isinstance(plugin, types.ModuleType) else functools.partial(_identity, plugin)
+
+
+def _identity(plugin: object) -> object:
+    return plugin
+
+
+def build_registry(image: Sequence[PluginSource], kernel: object | None = None) -> PluginRegistry:
+    """A registry with a fresh plugin from every factory of ``image``, its records collected."""
+    registry = PluginRegistry()
+    registry.build(image)
+    registry.collect(kernel)
+    return registry
+
+
 def load_plugins(
-    plugins: Sequence[object] = (),
+    plugins: Sequence[PluginFactory] = (),
     *,
     discover: bool = True,
     builtin: object | None = None,
@@ -240,15 +335,8 @@ def load_plugins(
 ) -> PluginRegistry:
     """Build a registry: luo's own plugin, installed packs, then ``plugins``.
 
-    Each object in ``plugins`` is registered as the distribution
-    ``local:<class or module name>``.
+    Each of ``plugins`` is a factory (a ``'module:attr'`` reference, a module,
+    a class or a function), called now to build a fresh plugin, and registered
+    as the distribution ``local:<name>``.
     """
-    registry = PluginRegistry()
-    if builtin is not None:
-        registry.add(builtin, core_origin())
-    if discover:
-        registry.discover()
-    for plugin in plugins:
-        registry.add(plugin, PluginOrigin(f"local:{_plugin_name(plugin)}", "0"))
-    registry.collect(kernel)
-    return registry
+    return build_registry(load_image(plugins, discover=discover, builtin=builtin), kernel)

@@ -1,16 +1,33 @@
-"""The emulated hardware: physical memory, machines, hosts.  It never imports the kernel side."""
+"""The emulated hardware: physical memory, register files, device models, the hardware actor.
 
+Nothing here imports the kernel side: a kernel reaches the hardware only
+through messages and through memory shared by file descriptor.
+"""
+
+from luo_core.abi._machine import DeviceSpec, Machine
+from luo_core.platform._hardware import Hardware
 from luo_core.platform._hosts import EXAMPLE_NIC, HOST_BRIDGE, PCI_BRIDGE, default_host, flat_host
-from luo_core.platform._machine import HardwareDevice, Machine
 from luo_core.platform._memory import PhysicalMemory
+from luo_core.platform._models import DeviceContext, DeviceModel, discover_models
+from luo_core.platform._registers import BUS_MASTER, Register, RegisterMap, Registers
+from luo_core.platform._server import HardwareProcess
 
 __all__ = [
+    "BUS_MASTER",
     "EXAMPLE_NIC",
     "HOST_BRIDGE",
     "PCI_BRIDGE",
-    "HardwareDevice",
+    "DeviceContext",
+    "DeviceModel",
+    "DeviceSpec",
+    "Hardware",
+    "HardwareProcess",
     "Machine",
     "PhysicalMemory",
+    "Register",
+    "RegisterMap",
+    "Registers",
     "default_host",
+    "discover_models",
     "flat_host",
 ]

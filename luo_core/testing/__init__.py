@@ -11,36 +11,47 @@ from typing import TYPE_CHECKING, Any
 
 from luo_core.testing._checks import (
     blackout_costs,
+    check_blackout_budget,
     check_cancel,
-    check_deterministic,
     check_fault,
+    check_frozen_workload,
     check_golden,
     check_hang,
     check_hostile_records,
+    check_no_pickle,
     check_restore_idempotent,
     check_round_trip,
     over_budget,
 )
-from luo_core.testing._contract import CAPABILITIES, Contract
+from luo_core.testing._contract import CAPABILITIES, DEFAULT_BLACKOUT_BUDGET_US, Contract
 from luo_core.testing._harness import InjectedFault, contracts_of
+from luo_core.testing._process import (
+    check_deterministic_across_processes,
+    check_round_trip_across_processes,
+)
 
 if TYPE_CHECKING:
     from luo_core.testing._suite import DriverPackContract
 
 __all__ = [
     "CAPABILITIES",
+    "DEFAULT_BLACKOUT_BUDGET_US",
     "Contract",
     "DriverPackContract",
     "InjectedFault",
     "blackout_costs",
+    "check_blackout_budget",
     "check_cancel",
-    "check_deterministic",
+    "check_deterministic_across_processes",
     "check_fault",
+    "check_frozen_workload",
     "check_golden",
     "check_hang",
     "check_hostile_records",
+    "check_no_pickle",
     "check_restore_idempotent",
     "check_round_trip",
+    "check_round_trip_across_processes",
     "contracts_of",
     "over_budget",
 ]

@@ -40,20 +40,33 @@ def _devices(value: Iterable[str]) -> tuple[str, ...]:
     return found
 
 
+DEFAULT_BLACKOUT_BUDGET_US = 10_000.0
+"""Freeze plus restore per device: ample for an honest pack on a loaded machine."""
+
+
+def _budget(_instance: object, _attribute: object, value: float) -> None:
+    if not (isinstance(value, int | float) and 0 < value <= 10_000_000):
+        raise ValueError(f"blackout_budget_us must be in (0, 10 s], not {value!r}")
+
+
 @attrs.frozen
 class Contract:
     """How the contract suite exercises one driver of a pack.
 
-    * ``machine()`` builds a fresh host holding the pack's devices (with any
-      bridges they need);
+    * ``machine()`` builds a fresh host description holding the pack's
+      devices (with any bridges they need);
     * ``devices`` are the names to request and check;
-    * ``workload(dev)`` drives a bound device in ``normal`` state so that its
-      state is not the state it probed with;
+    * ``workload(dev)`` drives a bound device so that its state is not the
+      state it probed with.  It also runs while the update is frozen: there it
+      must be refused (raise) or leave what is handed over unchanged;
     * ``snapshot(dev)`` returns what must survive a live update and be
-      unchanged by a cancel (compared with ``==``);
+      unchanged by a cancel, as plain data (ints, text, bytes, lists, maps,
+      attrs instances); it is taken in the kernel's own process and compared
+      across processes;
     * ``golden`` maps older record versions to records (sealed bytes) those
       versions wrote, to prove they still restore;
-    * the budgets are what ``freeze`` and ``restore`` may cost per device.
+    * ``blackout_budget_us`` is what ``freeze`` plus ``restore`` may cost per
+      device (the median of several updates); over it, the contract fails.
     """
 
     name: str
@@ -63,6 +76,5 @@ class Contract:
     snapshot: Callable[[Device], Any]
     capabilities: frozenset[str] = attrs.field(default=frozenset(), converter=_capabilities)
     golden: Mapping[int, bytes] = attrs.field(factory=dict)
-    freeze_budget_us: float = 1000.0
-    restore_budget_us: float = 1000.0
+    blackout_budget_us: float = attrs.field(default=DEFAULT_BLACKOUT_BUDGET_US, validator=_budget)
     origin: PluginOrigin | None = attrs.field(default=None, eq=False)

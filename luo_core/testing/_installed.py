@@ -8,13 +8,15 @@ from typing import Any
 import pytest
 
 from luo_core.errors import PluginError
-from luo_core.kernel._registry import ENTRY_POINT_GROUP, normalize
+from luo_core.kernel._registry import normalize
+from luo_core.platform._models import ENTRY_POINT_GROUP
 from luo_core.testing._harness import contracts_of
 from luo_core.testing._suite import DriverPackContract
 
 
-def load_pack(distribution: str) -> object:
-    """The plugin of installed ``distribution`` that declares contracts."""
+def load_pack(distribution: str) -> str:
+    """The entry point (a ``'module:attr'`` reference) of installed ``distribution`` that
+    declares contracts: what a kernel, in this process or another, loads the pack from."""
     eps = [
         ep
         for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)
@@ -23,9 +25,8 @@ def load_pack(distribution: str) -> object:
     if not eps:
         raise PluginError(f"no installed pack {distribution!r} in the {ENTRY_POINT_GROUP} group")
     for ep in eps:
-        plugin = ep.load()
-        if contracts_of(plugin):
-            return plugin
+        if contracts_of(ep.value):
+            return ep.value
     raise PluginError(
         f"pack {distribution!r} declares no contract (implement the luo_contracts hook)"
     )

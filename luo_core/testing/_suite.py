@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from luo_core.testing import _checks
+from luo_core.testing import _checks, _process
 from luo_core.testing._contract import CAPABILITIES
 
 FAULTY = ("prepare", "freeze", "cancel", "restore", "finish")
@@ -29,13 +29,21 @@ def require(pack: object, capability: str) -> None:
 
 
 class DriverPackContract:
-    """Subclass me in your pack's tests and override ``luo_pack``."""
+    """Subclass me in your pack's tests and override ``luo_pack``.
+
+    ``luo_pack`` returns the pack as a kernel configuration names it: a
+    ``'module:attr'`` reference, a module, or a class defined at module level
+    (the cross-process checks load it in kernels of their own).
+    """
 
     @pytest.fixture
     def luo_pack(self) -> Any:
         raise NotImplementedError("override the luo_pack fixture: return your pack's plugin")
 
-    def test_state_survives_kexec(self, luo_pack: Any) -> None:
+    def test_state_survives_a_real_kexec_across_processes(self, luo_pack: Any) -> None:
+        _process.check_round_trip_across_processes(luo_pack)
+
+    def test_state_survives_an_in_process_kexec(self, luo_pack: Any) -> None:
         _checks.check_round_trip(luo_pack)
 
     @pytest.mark.parametrize("after", ["prepare", "freeze"])
@@ -43,6 +51,9 @@ class DriverPackContract:
         self, luo_pack: Any, after: str
     ) -> None:
         _checks.check_cancel(luo_pack, after)
+
+    def test_work_while_frozen_is_refused_or_handed_over(self, luo_pack: Any) -> None:
+        _checks.check_frozen_workload(luo_pack)
 
     @pytest.mark.parametrize("callback", FAULTY)
     def test_a_fault_in_each_callback_ends_in_a_defined_state(
@@ -64,8 +75,11 @@ class DriverPackContract:
 
         check_random_sequences(luo_pack)
 
-    def test_encoding_is_deterministic(self, luo_pack: Any) -> None:
-        _checks.check_deterministic(luo_pack)
+    def test_records_are_the_same_whatever_the_hash_seed(self, luo_pack: Any) -> None:
+        _process.check_deterministic_across_processes(luo_pack)
+
+    def test_records_hold_no_pickle(self, luo_pack: Any) -> None:
+        _checks.check_no_pickle(luo_pack)
 
     def test_hostile_and_newer_records_give_typed_errors(self, luo_pack: Any) -> None:
         _checks.check_hostile_records(luo_pack)
@@ -82,9 +96,8 @@ class DriverPackContract:
         require(luo_pack, "traffic-during-prepare")
         _checks.check_traffic_during_prepare(luo_pack)
 
-    def test_blackout_callbacks_are_reported(self, luo_pack: Any, record_property: Any) -> None:
-        costs = _checks.blackout_costs(luo_pack)
-        for device, phases in costs.items():
-            for phase, spent in phases.items():
-                record_property(f"{device} {phase} us", round(spent, 1))
-        assert all(phases.keys() == {"freeze", "restore"} for phases in costs.values())
+    def test_blackout_stays_within_its_budget(self, luo_pack: Any, record_property: Any) -> None:
+        costs = _checks.check_blackout_budget(luo_pack)
+        for device, spent in costs.items():
+            for phase, us in spent.items():
+                record_property(f"{device} {phase} us", round(us, 1))

@@ -1,27 +1,38 @@
-"""luo-example-nic: an example pack with a NIC driver and a subsystem.
+"""luo-example-nic: an example pack with a NIC (its device model and its driver) and a subsystem.
 
-Install it and ``luo drivers`` lists it; ``luo demo`` preserves its NICs.
+Install it and ``luo drivers`` lists it; the hardware runs its NIC model and
+``luo demo`` preserves its NICs.
 """
 
 from collections.abc import Iterator
 
 from luo_core import DeviceDriver, Subsystem, hookimpl
+from luo_core.platform import DeviceModel
 from luo_core.testing import Contract
 from luo_example_nic._contract import contracts
 from luo_example_nic._fdb import SUBSYSTEM, FdbEntry, FdbOps, FdbRecord
-from luo_example_nic._nic import COMPATIBLE, DRIVER, NicOps, NicRecord, NicState, transmit
+from luo_example_nic._model import COMPATIBLE, NIC_REGISTERS, ExampleNicModel, burned_in_mac
+from luo_example_nic._nic import DRIVER, NicOps, NicRecord, NicState, transmit
 
 __all__ = [
     "COMPATIBLE",
     "DRIVER",
+    "NIC_REGISTERS",
     "SUBSYSTEM",
+    "ExampleNicModel",
     "FdbEntry",
     "FdbOps",
     "FdbRecord",
     "NicRecord",
     "NicState",
+    "burned_in_mac",
     "transmit",
 ]
+
+
+@hookimpl
+def luo_device_models() -> Iterator[type[DeviceModel]]:
+    yield ExampleNicModel
 
 
 @hookimpl

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import attrs
 
-from luo_core import SubsystemOps
-from luo_core.abi import state, u64
+from luo_core import SubsystemOps, state, u64
 
 SUBSYSTEM = "example-nic-fdb"
 

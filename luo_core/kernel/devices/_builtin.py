@@ -29,13 +29,13 @@ class BridgeOps(DeviceDriverOps):
     """Host and PCI-to-PCI bridges: nothing to hand over but a running bus."""
 
     def probe(self, dev: Device) -> None:
-        dev.hw.bus_master = True
+        dev.set_bus_master(True)
 
     def prepare(self, dev: Device) -> BridgeRecord:
         return BridgeRecord()
 
     def restore(self, dev: Device, data: BridgeRecord) -> None:
-        if not dev.hw.bus_master:
+        if not dev.bus_master:
             raise DeviceError(f"bridge {dev.name} lost bus mastering across kexec")
 
 

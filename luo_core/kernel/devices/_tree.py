@@ -1,6 +1,6 @@
 """The kernel's device tree and the ``dev_liveupdate`` flags of each device.
 
-Devices are enumerated from the machine at boot and bound to drivers by
+Devices are enumerated from the machine description at boot and bound to drivers by
 compatible.  Each has ``requested`` (read-write), ``preserved`` and
 ``reclaimed`` (read-only).  Requesting a device requests its ancestors and its
 suppliers; it is refused unless the global state is ``normal`` and every one of
@@ -13,14 +13,18 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from luo_core.abi._machine import DeviceSpec, Machine
 from luo_core.errors import BusyError, DependencyCycleError, DeviceError, NotFoundError
 from luo_core.kernel._records import Bus, DeviceDriver
 from luo_core.kernel.devices._order import restore_graph, static_order
-from luo_core.platform import HardwareDevice, Machine
+from luo_core.platform import BUS_MASTER, Registers
+
+if TYPE_CHECKING:
+    from luo_core.kernel._hwlink import HardwareLink
 
 log = structlog.get_logger("luo")
 
@@ -28,18 +32,24 @@ log = structlog.get_logger("luo")
 class Device:
     """A device as this kernel sees it; it dies with the kernel.
 
-    ``hw`` is the hardware behind it (which outlives the kernel);
-    ``driver_data`` is the bound driver's private state (``dev_get_drvdata``).
+    ``regs`` are its BAR 0 registers and ``config`` its configuration space,
+    both in MMIO memory the hardware shares (fixed-width integers only);
+    ``driver_data`` is the bound driver's private state (``dev_get_drvdata``),
+    which dies with the kernel like everything else here.
     """
 
-    def __init__(self, tree: DeviceTree, hw: HardwareDevice, index: int) -> None:
+    def __init__(self, tree: DeviceTree, spec: DeviceSpec, index: int, link: HardwareLink) -> None:
         self._tree = tree
-        self.hw = hw
         self.index = index
-        self.name = hw.name
-        self.bus = hw.bus
-        self.compatible = hw.compatible
-        self.iommu_group = hw.iommu_group
+        self.name = spec.name
+        self.bus = spec.bus
+        self.compatible = spec.compatible
+        self.iommu_group = spec.iommu_group
+        window = link.window(spec.name, index)
+        self.regs: Registers = link.registers(window)
+        """The device's BAR 0 registers (see :class:`luo_core.platform.Registers`)."""
+        self.config: Registers = link.config(window)
+        """Its configuration space (``command`` holds the bus-master bit)."""
         self.parent: Device | None = None
         self.children: list[Device] = []
         self.suppliers: list[Device] = []
@@ -49,6 +59,16 @@ class Device:
         self._requested = False
         self._preserved = False
         self._reclaimed = False
+
+    @property
+    def bus_master(self) -> bool:
+        """Whether the device may do DMA (the bus-master bit of its command register)."""
+        return bool(self.config["command"] & BUS_MASTER)
+
+    def set_bus_master(self, enable: bool) -> None:
+        """Turn bus mastering on or off (``pci_set_master`` / ``pci_clear_master``)."""
+        command = self.config["command"]
+        self.config["command"] = command | BUS_MASTER if enable else command & ~BUS_MASTER
 
     def __repr__(self) -> str:
         return f"<Device {self.name} {self.compatible}>"
@@ -97,6 +117,7 @@ class DeviceTree(Mapping[str, Device]):
     def __init__(
         self,
         machine: Machine,
+        link: HardwareLink,
         drivers: Mapping[str, DeviceDriver],
         buses: Mapping[str, Bus],
         guard: Callable[[str], AbstractContextManager[object]],
@@ -105,14 +126,14 @@ class DeviceTree(Mapping[str, Device]):
         self._guard = guard
         self._devices: dict[str, Device] = {}
         groups: dict[int, list[Device]] = defaultdict(list)
-        for index, hw in enumerate(machine.devices.values()):
-            dev = Device(self, hw, index)
-            if hw.parent is not None:
-                dev.parent = self._devices[hw.parent]
+        for index, spec in enumerate(machine.devices.values()):
+            dev = Device(self, spec, index, link)
+            if spec.parent is not None:
+                dev.parent = self._devices[spec.parent]
                 dev.parent.children.append(dev)
-            dev.driver = drivers.get(hw.compatible)
-            if hw.iommu_group is not None:
-                groups[hw.iommu_group].append(dev)
+            dev.driver = drivers.get(spec.compatible)
+            if spec.iommu_group is not None:
+                groups[spec.iommu_group].append(dev)
             self._devices[dev.name] = dev
         self._groups = dict(groups)
         for supplier, consumer in machine.links:
@@ -146,6 +167,20 @@ class DeviceTree(Mapping[str, Device]):
 
     def devices(self) -> list[Device]:
         return list(self._devices.values())
+
+    # -- the flags the kernel sets --------------------------------------------------
+
+    def hand_over(self, dev: Device) -> None:
+        """The previous kernel preserved ``dev`` (boot of the next kernel)."""
+        dev._preserved = True
+
+    def reclaim(self, dev: Device) -> None:
+        """This kernel's driver restored ``dev``."""
+        dev._reclaimed = True
+
+    def settle(self, dev: Device) -> None:
+        """The update is finished: ``dev`` is an ordinary device again."""
+        dev._preserved = dev._reclaimed = False
 
     def requested(self) -> list[Device]:
         return [d for d in self._devices.values() if d.requested]

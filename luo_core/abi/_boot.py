@@ -1,0 +1,211 @@
+"""Boot parameters: everything a kernel is booted from, and nothing else.
+
+A kernel boots from the hardware's address (through which it maps physical
+memory by file descriptor), the machine description, the kernel configuration
+and the KHO root's physical address.  Between processes they travel as one
+frame (magic ``LUOB``) holding a CBOR map, read back as hostile input.
+
+A :class:`KernelConfig` names its packs as *factories*: ``'module:attr'``
+references (the only kind that can cross a process boundary), modules, or
+classes and functions that build a plugin.  Every boot calls them afresh, so
+no plugin instance, and nothing it holds, outlives the kernel that made it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import re
+import types
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+import attrs
+import cbor2
+
+from luo_core.abi._frame import FrameKind
+from luo_core.abi._machine import Machine
+from luo_core.errors import HandoffError, LiveUpdateError, MachineError, PluginError
+
+BOOT: Final = FrameKind("boot parameters", b"LUOB", 1, max_body=16 << 20)
+MAX_WORKERS: Final = 256
+MAX_PLUGINS: Final = 256
+_REF: Final = re.compile(r"^[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?$")
+_U64: Final = 1 << 64
+
+PluginFactory = str | types.ModuleType | Callable[[], object]
+
+
+def _check_factory(value: object) -> PluginFactory:
+    if isinstance(value, str):
+        if len(value) > 200 or not _REF.match(value):
+            raise PluginError(f"plugin reference {value!r} is not 'module' or 'module:attr'")
+        return value
+    if isinstance(value, types.ModuleType) or callable(value):
+        return value
+    raise PluginError(
+        f"a plugin is given as a factory (a 'module:attr' reference, a module, a class or a "
+        f"function), not as an instance of {type(value).__name__}: a kernel builds its packs "
+        "afresh on every boot"
+    )
+
+
+def _plugins(value: Iterable[object]) -> tuple[PluginFactory, ...]:
+    if isinstance(value, str | types.ModuleType) or callable(value):
+        value = (value,)
+    items = tuple(value)
+    if len(items) > MAX_PLUGINS:
+        raise PluginError(f"a kernel loads at most {MAX_PLUGINS} plugins, not {len(items)}")
+    return tuple(_check_factory(item) for item in items)
+
+
+def _workers(value: object) -> int:
+    if type(value) is not int or not 1 <= value <= MAX_WORKERS:
+        raise LiveUpdateError(
+            f"workers must be a whole number from 1 to {MAX_WORKERS}, not {value!r}"
+        )
+    return value
+
+
+def _timeout(value: object) -> float | None:
+    if value is None:
+        return None
+    if not (type(value) in (int, float) and isinstance(value, int | float)):
+        raise LiveUpdateError(f"callback_timeout must be seconds in (0, 3600], not {value!r}")
+    if not (math.isfinite(value) and 0 < value <= 3600):
+        raise LiveUpdateError(f"callback_timeout must be seconds in (0, 3600], not {value!r}")
+    return float(value)
+
+
+@attrs.frozen
+class KernelConfig:
+    """What a kernel image is made of: which packs it loads, how it schedules.
+
+    ``plugins`` are plugin factories (see above), registered after the
+    installed packs (``discover``).  ``workers > 1`` runs independent device
+    subtrees concurrently in every device phase.  ``callback_timeout``
+    (seconds) gives up on a callback that does not return in time: it fails
+    with :class:`~luo_core.errors.CallbackTimeoutError` (``ETIMEDOUT``) as if it had raised.
+    """
+
+    plugins: tuple[PluginFactory, ...] = attrs.field(default=(), converter=_plugins)
+    discover: bool = attrs.field(default=True, converter=bool)
+    workers: int = attrs.field(default=1, converter=_workers)
+    callback_timeout: float | None = attrs.field(default=None, converter=_timeout)
+
+    @property
+    def portable(self) -> bool:
+        """Whether this configuration can boot a kernel in another process."""
+        return all(isinstance(p, str) for p in self.plugins)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The configuration as data; refused unless every plugin is a reference."""
+        for plugin in self.plugins:
+            if not isinstance(plugin, str):
+                raise PluginError(
+                    f"plugin {factory_name(plugin)} cannot boot a kernel in another process: "
+                    "give it as a 'module:attr' reference"
+                )
+        return {
+            "plugins": list(self.plugins),
+            "discover": self.discover,
+            "workers": self.workers,
+            "callback-timeout": self.callback_timeout,
+        }
+
+    @classmethod
+    def from_wire(cls, wire: object) -> KernelConfig:
+        if not isinstance(wire, dict) or set(wire) != {
+            "plugins",
+            "discover",
+            "workers",
+            "callback-timeout",
+        }:
+            raise HandoffError(
+                "a kernel configuration is a map of plugins, discover, workers, callback-timeout"
+            )
+        plugins = wire["plugins"]
+        if not (isinstance(plugins, list) and all(isinstance(p, str) for p in plugins)):
+            raise HandoffError("a kernel configuration's plugins are 'module:attr' references")
+        if type(wire["discover"]) is not bool:
+            raise HandoffError("a kernel configuration's discover is true or false")
+        return cls(tuple(plugins), wire["discover"], wire["workers"], wire["callback-timeout"])
+
+
+def load_factory(factory: PluginFactory) -> PluginFactory:
+    """A reference's target, imported (a module or a factory); other factories as they are."""
+    if not isinstance(factory, str):
+        return factory
+    module, _, attr = factory.partition(":")
+    target: object = importlib.import_module(module)
+    for part in filter(None, attr.split(".")):
+        target = getattr(target, part)
+    if isinstance(target, types.ModuleType) or callable(target):
+        return target
+    raise PluginError(f"plugin {factory} is neither a module nor a factory")
+
+
+def resolve(factory: PluginFactory) -> object:
+    """A fresh plugin from ``factory``: a module is itself, anything callable is called."""
+    target = load_factory(factory)
+    if isinstance(target, types.ModuleType):
+        return target
+    if callable(target):
+        return target()
+    raise PluginError(f"plugin {factory_name(factory)} is neither a module nor a factory")
+
+
+def factory_name(factory: object) -> str:
+    """How a plugin factory is named in messages and in a ``local:`` distribution."""
+    if isinstance(factory, str):
+        return factory
+    if isinstance(factory, types.ModuleType):
+        return factory.__name__
+    return getattr(factory, "__qualname__", type(factory).__name__)
+
+
+@attrs.frozen
+class BootParams:
+    """Everything a kernel boots from: the hardware, the machine, its image, the handoff."""
+
+    hardware: str
+    """The hardware's address: ``unix:NAME`` (its process) or ``local:N`` (this process)."""
+    machine: Machine
+    config: KernelConfig = attrs.field(factory=KernelConfig)
+    kho_root: int | None = None
+    """The KHO root's physical address; ``None`` for a cold boot."""
+
+    def to_bytes(self) -> bytes:
+        body = {
+            "hardware": self.hardware,
+            "machine": self.machine.to_wire(),
+            "config": self.config.to_wire(),
+            "kho-root": self.kho_root,
+        }
+        return BOOT.pack(cbor2.dumps(body, canonical=True))
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> BootParams:
+        body = BOOT.unpack(blob)
+        try:
+            wire = cbor2.loads(body)
+        except Exception as exc:
+            raise HandoffError(f"boot parameters are not valid CBOR: {exc}") from None
+        if not isinstance(wire, dict) or set(wire) != {
+            "hardware",
+            "machine",
+            "config",
+            "kho-root",
+        }:
+            raise HandoffError("boot parameters are a map of hardware, machine, config, kho-root")
+        hardware, root = wire["hardware"], wire["kho-root"]
+        if not (isinstance(hardware, str) and hardware.startswith(("unix:", "local:"))):
+            raise HandoffError(f"boot parameters: hardware address {hardware!r:.60} is not valid")
+        if root is not None and not (type(root) is int and 0 <= root < _U64):
+            raise HandoffError(f"boot parameters: KHO root {root!r:.40} is not a u64")
+        try:
+            machine = Machine.from_wire(wire["machine"])
+            config = KernelConfig.from_wire(wire["config"])
+        except (MachineError, PluginError, LiveUpdateError) as exc:
+            raise HandoffError(f"boot parameters: {exc}") from None
+        return cls(hardware, machine, config, root)

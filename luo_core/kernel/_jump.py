@@ -1,0 +1,144 @@
+"""The old kernel's side of kexec: the last phase, then death.
+
+``_jump`` freezes if need be, shuts down and resets every device that is not
+preserved, reports the threads left running (a timed-out callback's, or one a
+callback started), adds luo's meta node and finalizes KHO: what it returns,
+the root's physical address, is all the next kernel will get from it.
+``_die`` then lets go of everything: the hardware link is closed (so any
+thread still running is fenced), and every object the kernel or its packs made
+becomes unreachable from it.  It returns weak references to those objects, so
+that an in-process kexec can prove none of them reached the next kernel.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+from luo_core.abi._meta import META_COMPATIBLE, write_meta
+from luo_core.errors import InvalidTransitionError, KernelGoneError, LiveUpdateError
+from luo_core.kernel._base import log
+from luo_core.kernel._handover import publish
+from luo_core.kernel._participants import DEVICE, device_key, label
+from luo_core.kernel._phases import Phases
+from luo_core.kernel._state import State
+from luo_core.kernel.devices import Device
+
+META_KEY = ("luo", "meta")
+Tracked = list[tuple[str, "weakref.ref[Any]"]]
+_KEPT = frozenset(
+    {"params", "machine", "config", "kho_root", "generation", "liveupdate_number", "_gone", "_sm"}
+)
+
+
+class Jump(Phases):
+    """kexec, seen from the kernel that leaves."""
+
+    def _jump(self) -> int:
+        """Finalize the handoff and return the KHO root's physical address."""
+        self._alive()
+        if self.state is State.PREPARED:
+            self.freeze()
+        with self._sm.hold("kexec"):
+            if self.state is not State.FROZEN:
+                raise InvalidTransitionError(
+                    f"kexec: no live update in progress (state {self.state.value}); prepare first"
+                )
+            stats = self._update_stats()
+            runner = self._start("kexec")
+            kept = {name for kind, name in self._prepared if kind == DEVICE}
+            for dev in reversed(self.devices.devices()):
+                if dev.name not in kept:
+                    if dev.driver is not None:
+                        runner.call_quietly(label(device_key(dev)), _shutdown, dev)
+                    self._reset(dev)
+            stats.threads_left = self._threads_left()
+            stats.phases["kexec"] = runner.stats  # the next kernel closes it
+            publish(self.kho, META_KEY, META_COMPATIBLE, write_meta(stats))
+            return self.kho.finalize(self.liveupdate_number + 1).phys
+
+    def _reset(self, dev: Device) -> None:
+        try:
+            self._link.reset(dev.name)
+        except LiveUpdateError as exc:
+            log.error("device_reset_failed", device=dev.name, error=str(exc))
+
+    def _threads_left(self) -> list[str]:
+        """Threads started during this update, or given up on, that still run."""
+        me = threading.current_thread()
+        left = [
+            t.name
+            for t in threading.enumerate()
+            if t is not me
+            and t.is_alive()
+            and (t not in self._threads_before or t in self._abandoned)
+        ]
+        for name in left:
+            log.error("thread_left_behind", thread=name, reason="still running at kexec")
+        return sorted(left)
+
+    def _die(self) -> Tracked:
+        """Let go of everything this kernel owned; weak references to it, for the leak check."""
+        tracked = self._owned()
+        self._gone = True
+        self._link.close()
+        # What a gone kernel keeps is what it booted from and who it was; the
+        # rest goes, so that holding the old kernel holds nothing of its packs.
+        for field in list(self.__dict__):
+            if field not in _KEPT:
+                del self.__dict__[field]
+        return tracked
+
+    def _owned(self) -> Tracked:
+        """What this kernel and its packs made, by weak reference (where Python allows one)."""
+        found: list[tuple[str, object]] = [("the plugin registry", self.registry)]
+        for plugin in self.registry.pm.get_plugins():
+            if type(plugin).__module__ != "builtins" and not _is_module(plugin):
+                found.append((f"plugin {type(plugin).__qualname__}", plugin))
+        for pack in self.registry.packs:
+            for record in pack.records:
+                ops = getattr(record, "ops", None)
+                found.append((f"{type(record).__name__} {record.name}", record))
+                if ops is not None:
+                    found.append((f"ops of {record.name} ({type(ops).__qualname__})", ops))
+        for sub in self._subsystems.values():
+            found.append((f"ops of subsystem {sub.name}", sub.ops))
+        for dev in self.devices.devices():
+            found.append((f"device {dev.name}", dev))
+            if dev.driver_data is not None:
+                found.append((f"driver_data of {dev.name}", dev.driver_data))
+        found += [(f"preserved value of {label(k)}", v) for k, v in self._preserved.values.items()]
+        found += [("the device tree", self.devices), ("KHO", self.kho), ("the allocator", self.mm)]
+        return list(_weak(found))
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for fields _die removed: say why, not just AttributeError.
+        if self.__dict__.get("_gone"):
+            raise KernelGoneError(
+                f"kernel.{name.lstrip('_')}: this kernel was replaced by kexec; "
+                "use the one kexec() returned"
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+
+def _weak(found: Iterable[tuple[str, object]]) -> Iterable[tuple[str, weakref.ref[Any]]]:
+    seen: set[int] = set()
+    for what, obj in found:
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        try:
+            yield what, weakref.ref(obj)
+        except TypeError:  # ints, dicts, tuples...: nothing to track
+            continue
+
+
+def _is_module(obj: object) -> bool:
+    return type(obj).__name__ == "module"
+
+
+def _shutdown(dev: Device) -> None:
+    if dev.driver is not None:
+        dev.driver.ops.shutdown(dev)

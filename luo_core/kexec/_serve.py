@@ -1,0 +1,252 @@
+"""What a kernel in its own process answers its operator: the live-update events, and more.
+
+One request at a time on the control socket: the ``dev_liveupdate`` requests
+(``request``, ``release``, ``link``), the events (``prepare``, ``freeze``,
+``cancel``, ``finish``, ``kexec``), what the operator may look at (``state``,
+``devices``, ``stats``, ``records``, ``manifest``), a contract's workload or
+snapshot on a device, and ``shutdown``.  Errors go back as data (type, errno,
+one-line message) and become the same typed errors on the operator's side.
+At ``kexec`` this process jumps: it hands the next kernel the KHO root over
+the cpr socket it was given at ``prepare``, answers, and exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import sys
+from typing import Any, Final
+
+from luo_core.abi import _wire, save_image
+from luo_core.errors import (
+    CallbackError,
+    HandoffError,
+    InvalidTransitionError,
+    LiveUpdateError,
+    NotFoundError,
+    PeerGoneError,
+)
+from luo_core.kernel._kernel import Kernel
+from luo_core.kexec._watch import watch
+
+READY_TIMEOUT: Final = 60.0
+"""How long prepare waits for the next kernel to report ready (s)."""
+
+
+def error_reply(exc: BaseException) -> dict[str, Any]:
+    """An exception as data the operator turns back into the same typed error."""
+    code = getattr(exc, "errno", None)
+    message = str(exc) if isinstance(exc, LiveUpdateError) else f"{type(exc).__name__}: {exc}"
+    error: dict[str, Any] = {
+        "type": type(exc).__name__,
+        "errno": code if type(code) is int else errno.EIO,
+        "message": " ".join(message.split()),
+    }
+    if isinstance(exc, CallbackError):
+        error["participant"], error["phase"] = exc.participant, exc.phase
+    return {"error": error}
+
+
+class KernelServer:
+    """Serves one booted kernel to its operator."""
+
+    def __init__(self, kernel: Kernel, control: socket.socket) -> None:
+        self.kernel = kernel
+        self.control = control
+        self.cpr: socket.socket | None = None
+
+    def describe(self) -> dict[str, Any]:
+        kernel = self.kernel
+        stats = kernel.stats.to_wire() if kernel.stats is not None else None
+        return {
+            "pid": os.getpid(),
+            "state": kernel.state.value,
+            "liveupdate-number": kernel.liveupdate_number,
+            "generation": kernel.generation,
+            "stats": stats,
+            "packs": [f"{p.origin} {p.status}" for p in kernel.registry.packs],
+        }
+
+    def serve(self) -> int:
+        self.control.settimeout(None)
+        while True:
+            try:
+                request, fds = _wire.receive(self.control)
+            except PeerGoneError:
+                self._power_off()
+                return 0
+            except LiveUpdateError as exc:  # the stream cannot be trusted any more
+                with contextlib.suppress(LiveUpdateError, OSError):
+                    _wire.send(self.control, error_reply(exc))
+                self._power_off()
+                return 1
+            leave = False
+            try:
+                reply, leave = self._dispatch(request, fds)
+            except Exception as exc:
+                for fd in fds:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+                reply = error_reply(exc)
+            _wire.send(self.control, reply)
+            if leave:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(0)  # a kexec stops every CPU: no thread of this kernel runs on
+
+    def _dispatch(self, request: dict[str, Any], fds: list[int]) -> tuple[dict[str, Any], bool]:
+        op = request.get("op")
+        kernel = self.kernel
+        if op != "prepare" and fds:
+            raise HandoffError(f"{op} carries no descriptors")
+        if op == "state":
+            return self.describe(), False
+        if op in ("request", "release"):
+            device = _text(request, "device")
+            (kernel.devices.request if op == "request" else kernel.devices.release)(device)
+            return {}, False
+        if op == "link":
+            kernel.devices.link(_text(request, "supplier"), _text(request, "consumer"))
+            return {}, False
+        if op == "prepare":
+            return self._prepare(request, fds), False
+        if op == "freeze":
+            kernel.freeze()
+            return self.describe(), False
+        if op == "cancel":
+            kernel.cancel()
+            self._unload()
+            return self.describe(), False
+        if op == "finish":
+            kernel.finish()
+            return self.describe(), False
+        if op == "kexec":
+            return self._kexec(request), True
+        if op == "devices":
+            return {"devices": [_device(d) for d in kernel.devices.devices()]}, False
+        if op == "stats":
+            return self.describe(), False
+        if op == "records":
+            nodes = kernel.kho.nodes
+            return {
+                "records": {
+                    n: kernel.memory.read(node.phys, node.length) for n, node in nodes.items()
+                }
+            }, False
+        if op == "handoff":
+            if kernel.kho_root is None:
+                raise NotFoundError("this kernel was cold-booted: it has no handoff")
+            return {"image": save_image(kernel.memory, kernel.kho_root)}, False
+        if op == "manifest":
+            return {"manifest": kernel.manifest()}, False
+        if op == "contract":
+            return {"result": self._contract(request)}, False
+        if op == "findings":
+            return {"findings": watch().findings()}, False
+        if op == "shutdown":
+            self._power_off()
+            return {}, True
+        raise NotFoundError(f"a kernel does not know the request {op!r}", errno=errno.EOPNOTSUPP)
+
+    def _prepare(self, request: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        if len(fds) != 1:
+            raise HandoffError("prepare carries exactly one descriptor: the next kernel's socket")
+        self._unload()
+        self.cpr = socket.socket(fileno=fds[0])
+        target = request.get("target")
+        try:
+            self.kernel.prepare(target=target, load=self._await_ready)
+        except BaseException:
+            self._unload()
+            raise
+        return self.describe()
+
+    def _await_ready(self) -> None:
+        """The last step of prepare: the next kernel must be loaded and warm."""
+        assert self.cpr is not None
+        self.cpr.settimeout(READY_TIMEOUT)
+        try:
+            message, fds = _wire.receive(self.cpr)
+        except PeerGoneError:
+            raise LiveUpdateError(
+                "the next kernel exited before it was ready", errno=errno.ENOEXEC
+            ) from None
+        for fd in fds:
+            os.close(fd)
+        if message.get("op") == "failed":
+            error = message.get("error")
+            reason = error.get("message") if isinstance(error, dict) else None
+            raise LiveUpdateError(f"the next kernel failed to load: {reason}", errno=errno.ENOEXEC)
+        if message.get("op") != "ready":
+            raise HandoffError(f"the next kernel answered {message.get('op')!r}, not ready")
+
+    def _kexec(self, request: dict[str, Any]) -> dict[str, Any]:
+        hold = request.get("hold") is True
+        if self.cpr is None:
+            state = self.kernel.state.value
+            raise InvalidTransitionError(
+                f"kexec: no live update in progress (state {state}); prepare first"
+            )
+        try:
+            root = self.kernel._jump()
+        except BaseException:
+            if self.kernel.state.value == "normal":
+                self._unload()
+            raise
+        stats = self.kernel.stats
+        left = list(stats.threads_left) if stats is not None else []
+        self.kernel._die()
+        _wire.send(self.cpr, {"op": "jump", "kho-root": root, "hold": hold})
+        return {"kho-root": root, "threads-left": left}
+
+    def _contract(self, request: dict[str, Any]) -> object:
+        name, call, device = (
+            _text(request, "contract"),
+            _text(request, "call"),
+            _text(request, "device"),
+        )
+        contracts = [
+            c for result in self.kernel.registry.pm.hook.luo_contracts() for c in result or ()
+        ]
+        for contract in contracts:
+            if getattr(contract, "name", None) == name:
+                break
+        else:
+            raise NotFoundError(f"no contract {name!r} in this kernel's packs")
+        dev = self.kernel.devices[device]
+        if call == "workload":
+            contract.workload(dev)
+            return None
+        if call == "snapshot":
+            return _wire.plain(contract.snapshot(dev))
+        raise NotFoundError(f"a contract has no {call!r}")
+
+    def _unload(self) -> None:
+        if self.cpr is not None:
+            self.cpr.close()
+            self.cpr = None
+
+    def _power_off(self) -> None:
+        self._unload()
+        with contextlib.suppress(Exception):
+            self.kernel._die()
+
+
+def _device(dev: Any) -> dict[str, Any]:
+    return {
+        "name": dev.name,
+        "driver": dev.driver.name if dev.driver is not None else None,
+        "requested": dev.requested,
+        "preserved": dev.preserved,
+        "reclaimed": dev.reclaimed,
+        "bus-master": dev.bus_master,
+    }
+
+
+def _text(request: dict[str, Any], key: str) -> str:
+    value = request.get(key)
+    if not isinstance(value, str):
+        raise HandoffError(f"request field {key!r} must be text")
+    return value
