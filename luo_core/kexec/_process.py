@@ -95,6 +95,8 @@ class _Image:
             )
         except OSError as exc:
             mine.close()
+            if self.cpr is not None:
+                self.cpr.close()
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise KexecError(
                 f"cannot start a kernel image with {self.python}: {exc.strerror}"
@@ -205,6 +207,11 @@ class KernelProcess:
         return cls(image, booted, platform, config, log, env)
 
     # -- what it reports --------------------------------------------------------
+
+    @property
+    def loaded_pid(self) -> int | None:
+        """The process id of the next kernel, loaded and warm after ``prepare`` (else None)."""
+        return self._next.process.pid if self._next is not None else None
 
     @property
     def state(self) -> str:
