@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
+import subprocess
+import venv
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +29,7 @@ from luo_core.errors import (
 from luo_core.kexec import KernelProcess
 from luo_core.platform import HardwareProcess, default_host
 
+REPO = Path(__file__).resolve().parents[1]
 NIC = "0000:01:00.0"
 EXAMPLE = KernelConfig(["luo_example_nic"], discover=False)
 
@@ -131,3 +136,37 @@ def test_the_next_kernel_boots_with_the_configuration_it_was_loaded_with(
         assert new.config == KernelConfig(discover=False)
     finally:
         new.shutdown()
+
+
+@pytest.mark.slow
+def test_the_next_kernel_can_come_from_another_environment_with_other_pack_versions(
+    tmp_path: Path, hardware: HardwareProcess
+) -> None:
+    """A rollback to an older pack, in its own virtualenv, is a real cross-version update."""
+    older = tmp_path / "example-nic-0.0.9"
+    shutil.copytree(
+        REPO / "drivers" / "example-nic", older, ignore=shutil.ignore_patterns("*.egg-info")
+    )
+    project = older / "pyproject.toml"
+    project.write_text(project.read_text().replace('version = "0.1.0"', 'version = "0.0.9"'))
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    python = env_dir / "bin" / "python"
+    for target in (f"{REPO}", f"{older}"):
+        done = subprocess.run(
+            [python, "-m", "pip", "install", "-q", "-e", target],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    with KernelProcess.boot(hardware, KernelConfig(), env=clean) as old:
+        assert "luo-example-nic 0.1.0 loaded" in old.packs()
+        old.request(NIC)
+        old.workload("example-nic", NIC)
+        before = old.snapshot("example-nic", NIC)
+        old.prepare(next_python=str(python))
+        with old.kexec() as new:
+            assert new.python == str(python)
+            assert "luo-example-nic 0.0.9 loaded" in new.packs()
+            assert new.devices()[NIC].reclaimed
+            assert new.snapshot("example-nic", NIC) == before

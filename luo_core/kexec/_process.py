@@ -306,6 +306,13 @@ class KernelProcess:
             self._call(
                 {"op": "prepare", "target": dict(target) if target else None}, [image.cpr.fileno()]
             )
+        except LiveUpdateError as exc:
+            image.discard()
+            if image.process.returncode not in (None, 0):
+                exc.args = (
+                    f"{exc} (the next kernel exited with status {image.process.returncode})",
+                )
+            raise
         except BaseException:
             image.discard()
             raise
