@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
                 "-c", str(ini), "--rootdir", tmp, "-p", "no:cacheprovider",
                 "-W", "ignore::pytest.PytestAssertRewriteWarning",
                 "-p", "luo_core.testing", "--luo-pack", args.pack,
-                "-rs", "-v" if args.list_tests else "-q",
+                "-rs", "-v" if args.list_tests else "-q", "--tb=line",
                 "--pyargs", "luo_core.testing._installed",
             ]
         )  # fmt: skip
