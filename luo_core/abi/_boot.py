@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import attrs
-import cbor2
 
+from luo_core.abi._cbor import decode_canonical, encode_canonical
 from luo_core.abi._frame import FrameKind
 from luo_core.abi._machine import Machine
 from luo_core.errors import HandoffError, LiveUpdateError, MachineError, PluginError
@@ -99,37 +99,44 @@ class KernelConfig:
         return all(isinstance(p, str) for p in self.plugins)
 
     def to_wire(self) -> dict[str, Any]:
-        """The configuration as data; refused unless every plugin is a reference."""
+        """The configuration as data (integers and text only); refused unless every plugin
+        is a reference."""
         for plugin in self.plugins:
             if not isinstance(plugin, str):
                 raise PluginError(
                     f"plugin {factory_name(plugin)} cannot boot a kernel in another process: "
                     "give it as a 'module:attr' reference"
                 )
+        timeout = self.callback_timeout
         return {
             "plugins": list(self.plugins),
             "discover": self.discover,
             "workers": self.workers,
-            "callback-timeout": self.callback_timeout,
+            "callback-timeout-us": None if timeout is None else round(timeout * 1_000_000),
         }
 
     @classmethod
     def from_wire(cls, wire: object) -> KernelConfig:
-        if not isinstance(wire, dict) or set(wire) != {
-            "plugins",
-            "discover",
-            "workers",
-            "callback-timeout",
-        }:
-            raise HandoffError(
-                "a kernel configuration is a map of plugins, discover, workers, callback-timeout"
-            )
-        plugins = wire["plugins"]
+        """A configuration read from another process: every field checked."""
+        fields = {"plugins", "discover", "workers", "callback-timeout-us"}
+        if not isinstance(wire, dict) or set(wire) != fields:
+            raise HandoffError("a kernel configuration is a map of " + ", ".join(sorted(fields)))
+        plugins, timeout = wire["plugins"], wire["callback-timeout-us"]
         if not (isinstance(plugins, list) and all(isinstance(p, str) for p in plugins)):
             raise HandoffError("a kernel configuration's plugins are 'module:attr' references")
         if type(wire["discover"]) is not bool:
             raise HandoffError("a kernel configuration's discover is true or false")
-        return cls(tuple(plugins), wire["discover"], wire["workers"], wire["callback-timeout"])
+        if timeout is not None and type(timeout) is not int:
+            raise HandoffError("a kernel configuration's callback timeout is whole microseconds")
+        try:
+            return cls(
+                tuple(plugins),
+                wire["discover"],
+                wire["workers"],
+                None if timeout is None else timeout / 1_000_000,
+            )
+        except LiveUpdateError as exc:
+            raise HandoffError(f"kernel configuration: {exc}") from None
 
 
 def load_factory(factory: PluginFactory) -> PluginFactory:
@@ -182,15 +189,14 @@ class BootParams:
             "config": self.config.to_wire(),
             "kho-root": self.kho_root,
         }
-        return BOOT.pack(cbor2.dumps(body, canonical=True))
+        return BOOT.pack(encode_canonical(body))
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> BootParams:
-        body = BOOT.unpack(blob)
         try:
-            wire = cbor2.loads(body)
-        except Exception as exc:
-            raise HandoffError(f"boot parameters are not valid CBOR: {exc}") from None
+            wire = decode_canonical(BOOT.unpack(blob))
+        except HandoffError as exc:
+            raise HandoffError(f"boot parameters: {exc}") from None
         if not isinstance(wire, dict) or set(wire) != {
             "hardware",
             "machine",

@@ -86,8 +86,11 @@ def encode_canonical(value: dict[str, Any]) -> bytes:
 # -- reading -----------------------------------------------------------------------
 
 
-def scan(data: bytes, *, max_depth: int = MAX_DEPTH, max_items: int = MAX_ITEMS) -> None:
-    """Check ``data`` is one deterministic CBOR map as we write it; else :class:`DecodeError`."""
+def scan(
+    data: bytes, *, max_depth: int = MAX_DEPTH, max_items: int = MAX_ITEMS, any_top: bool = False
+) -> None:
+    """Check ``data`` is one deterministic CBOR map as we write it (or, with ``any_top``,
+    any one item); else :class:`DecodeError`."""
     end = len(data)
     pos = 0
     items = 0
@@ -103,7 +106,7 @@ def scan(data: bytes, *, max_depth: int = MAX_DEPTH, max_items: int = MAX_ITEMS)
         pos += 1
         major, info = initial >> 5, initial & 0x1F
         expecting_key = bool(remaining) and is_map[-1] and remaining[-1] % 2 == 0
-        if start == 0 and major != 5:
+        if start == 0 and major != 5 and not any_top:
             raise DecodeError("the payload is not a CBOR map")
         if expecting_key and major != 3:
             raise DecodeError(f"offset {start}: map key is not a text string")
@@ -173,22 +176,31 @@ def scan(data: bytes, *, max_depth: int = MAX_DEPTH, max_items: int = MAX_ITEMS)
         if not remaining:
             break
     if pos != end:
-        raise DecodeError(f"{end - pos} trailing bytes after the payload map")
+        raise DecodeError(f"{end - pos} trailing bytes after the payload")
+
+
+def decode_strict(data: bytes, *, max_depth: int = MAX_DEPTH, max_items: int = MAX_ITEMS) -> Any:
+    """The one CBOR item in ``data``, after :func:`scan` accepted it: only maps with text
+    keys in order, arrays, integers of 64 bits, text, bytes, booleans and null; no tags,
+    no floats, no shared references, bounded in depth and size."""
+    if not isinstance(data, bytes):
+        raise DecodeError(f"payload must be bytes, not {type(data).__name__}")
+    scan(data, max_depth=max_depth, max_items=max_items, any_top=True)
+    try:
+        return cbor2.loads(
+            data, max_depth=max_depth + 1, allow_indefinite=False, allow_duplicate_keys=False
+        )
+    except Exception as exc:  # scan should have refused it; stay typed regardless
+        raise DecodeError(f"payload is not valid CBOR: {exc}") from None
 
 
 def decode_canonical(
     data: bytes, *, max_depth: int = MAX_DEPTH, max_items: int = MAX_ITEMS
 ) -> dict[str, Any]:
     """The payload map in ``data``, after :func:`scan` accepted it."""
-    if not isinstance(data, bytes):
-        raise DecodeError(f"payload must be bytes, not {type(data).__name__}")
-    scan(data, max_depth=max_depth, max_items=max_items)
-    try:
-        value = cbor2.loads(
-            data, max_depth=max_depth + 1, allow_indefinite=False, allow_duplicate_keys=False
-        )
-    except Exception as exc:  # scan should have refused it; stay typed regardless
-        raise DecodeError(f"payload is not valid CBOR: {exc}") from None
+    if isinstance(data, bytes) and data[:1] and data[0] >> 5 != 5:
+        raise DecodeError("the payload is not a CBOR map")
+    value = decode_strict(data, max_depth=max_depth, max_items=max_items)
     if not isinstance(value, dict):
         raise DecodeError("the payload is not a CBOR map")
     return value

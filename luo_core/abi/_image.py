@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import cbor2
 
+from luo_core.abi._cbor import decode_strict
 from luo_core.abi._frame import FrameKind
 from luo_core.abi._kho import Memory, read_root
 from luo_core.errors import HandoffError, PhysicalMemoryError
@@ -34,7 +35,7 @@ def load_image(blob: bytes) -> tuple[ImageMemory, int]:
     """A fresh memory holding a saved handoff, and its root's address."""
     body = IMAGE.unpack(blob)
     try:
-        size, root, regions = cbor2.loads(body)
+        size, root, regions = decode_strict(body)
         page = ImageMemory.PAGE_SIZE
         if not (isinstance(size, int) and 0 < size <= MAX_IMAGE_MEMORY and size % page == 0):
             raise ValueError(f"memory size {size!r} is not a page multiple up to 64 GiB")

@@ -19,6 +19,7 @@ from typing import NamedTuple, Protocol
 import attrs
 import cbor2
 
+from luo_core.abi._cbor import decode_strict
 from luo_core.abi._frame import HEADER, FrameKind
 from luo_core.errors import HandoffError, LiveUpdateError
 
@@ -147,7 +148,7 @@ def _read_root(memory: Memory, phys: int) -> HandedOver:
     try:
         total = ROOT.size(memory.read(phys, HEADER.size))
         frame = memory.read(phys, total)
-        body = cbor2.loads(ROOT.unpack(frame))
+        body = decode_strict(ROOT.unpack(frame))
     except HandoffError as exc:
         raise HandoffError(f"{where}: {exc}") from None
     except LiveUpdateError:

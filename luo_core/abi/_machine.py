@@ -114,6 +114,8 @@ class Machine:
                 raise MachineError(
                     f"device {name}: {what} {word!r} is not 1-63 chars of [a-z0-9,._+-]"
                 )
+        if parent is not None and not isinstance(parent, str):
+            raise MachineError(f"device {name!r}: parent {parent!r:.40} is not a device name")
         if name in self.devices:
             raise MachineError(f"device {name!r} is already on this machine")
         if len(self.devices) >= MAX_DEVICES:
@@ -152,6 +154,8 @@ class Machine:
     def link(self, supplier: str, consumer: str) -> None:
         """Record that ``consumer`` depends on ``supplier`` beyond the tree."""
         for name in (supplier, consumer):
+            if not isinstance(name, str):
+                raise MachineError(f"link: {name!r:.40} is not a device name")
             if name not in self.devices:
                 raise MachineError(f"link {supplier} -> {consumer}: unknown device {name!r}")
         if supplier == consumer:

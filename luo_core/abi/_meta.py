@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from typing import Final
 
-import cbor2
-
+from luo_core.abi._cbor import decode_canonical, encode_canonical
 from luo_core.abi._frame import FrameKind
 from luo_core.abi._stats import UpdateStats
 from luo_core.errors import HandoffError
@@ -25,14 +24,14 @@ def write_meta(stats: UpdateStats) -> bytes:
     """The meta record the old kernel adds to its handoff."""
     if stats.freeze_start_ns is None:
         raise HandoffError("the meta record needs the time freeze started")
-    return META.pack(cbor2.dumps(stats.to_wire(), canonical=True))
+    return META.pack(encode_canonical(stats.to_wire()))
 
 
 def read_meta(blob: bytes) -> UpdateStats:
     """The previous kernel's statistics, or :class:`HandoffError`."""
     body = META.unpack(blob)
     try:
-        stats = UpdateStats.from_wire(cbor2.loads(body))
+        stats = UpdateStats.from_wire(decode_canonical(body))
         if stats.freeze_start_ns is None:
             raise ValueError("freeze-start is missing")
         if list(stats.phases)[-1:] != ["kexec"]:

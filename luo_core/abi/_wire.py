@@ -145,8 +145,11 @@ def plain(value: object, _depth: int = 0) -> Any:
     if isinstance(value, set | frozenset):
         return sorted((plain(item, _depth + 1) for item in value), key=repr)
     if isinstance(value, dict):
-        return {
-            (key if type(key) is str else repr(key)): plain(item, _depth + 1)
-            for key, item in value.items()
-        }
+        found: dict[str, Any] = {}
+        for key, item in value.items():
+            text = key if type(key) is str else repr(key)
+            if text in found:
+                raise TypeError(f"map keys {key!r} and {text!r} are the same as text")
+            found[text] = plain(item, _depth + 1)
+        return found
     raise TypeError(f"{type(value).__name__} is not plain data (ints, text, bytes, lists, maps)")

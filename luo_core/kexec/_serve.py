@@ -154,7 +154,17 @@ class KernelServer:
         if len(fds) != 1:
             raise HandoffError("prepare carries exactly one descriptor: the next kernel's socket")
         self._unload()
-        self.cpr = socket.socket(fileno=fds[0])
+        try:
+            cpr = socket.socket(fileno=fds[0])
+        except OSError as exc:
+            os.close(fds[0])
+            raise HandoffError(
+                f"prepare: the next kernel's descriptor is not a socket: {exc}"
+            ) from None
+        if cpr.family != socket.AF_UNIX or cpr.type != socket.SOCK_STREAM:
+            cpr.close()
+            raise HandoffError("prepare: the next kernel's descriptor is not a UNIX stream socket")
+        self.cpr = cpr
         target = request.get("target")
         try:
             self.kernel.prepare(target=target, load=self._await_ready)

@@ -28,6 +28,7 @@ from typing import Any, Final
 import structlog
 
 from luo_core.abi._machine import Machine
+from luo_core.abi._wire import plain
 from luo_core.errors import HardwareError, LiveUpdateError
 from luo_core.platform._memory import PhysicalMemory
 from luo_core.platform._models import DeviceContext, DeviceModel, ModelRunner, discover_models
@@ -113,8 +114,8 @@ class Hardware:
 
     @property
     def generation(self) -> int:
-        """The attached kernel's generation (0: no kernel)."""
-        return self._generation
+        """The attached kernel's generation (0: no kernel attached)."""
+        return self._read_generation()
 
     def model(self, device: str) -> DeviceModel | None:
         """The model behind ``device`` (for inspection in this process only)."""
@@ -122,15 +123,27 @@ class Hardware:
         return runner.model if runner else None
 
     def control(self, device: str, op: str, args: Mapping[str, Any] | None = None) -> object:
-        """Ask ``device``'s model to do ``op`` (inject traffic, report counters...)."""
+        """Ask ``device``'s model to do ``op`` (inject traffic, report counters...).
+
+        Whatever goes wrong in the model is a :class:`HardwareError` naming it,
+        and its answer is plain data (:func:`luo_core.abi._wire.plain`).
+        """
         runner = self._runner(device)
         model = runner.model
-        return runner.call(lambda: model.control(op, dict(args or {})))
+        try:
+            return plain(runner.call(lambda: model.control(op, dict(args or {}))))
+        except LiveUpdateError:
+            raise
+        except Exception as exc:
+            raise HardwareError(
+                f"{device}: control {op!r} failed: {type(exc).__name__}: {exc}"
+            ) from None
 
     def sync(self) -> None:
-        """Return once every model has done what was asked of it before this call."""
+        """Return once every working model has done what was asked of it before this call."""
         for runner in list(self._runners.values()):
-            runner.call(lambda: None)
+            if runner.crashed is None:
+                runner.call(lambda: None)
 
     def reset(self, device: str) -> None:
         """A function-level reset: configuration and registers cleared, the model reset."""
@@ -217,6 +230,10 @@ class Hardware:
             raise HardwareError(f"unknown request {op!r}", errno=errno.EOPNOTSUPP)
         except LiveUpdateError as exc:
             return {"error": {"errno": exc.errno, "message": str(exc)}}, []
+        except Exception as exc:  # a bug of the hardware's own must not take it down
+            message = f"{type(exc).__name__}: {exc}"
+            log.error("hardware_request_failed", request=request.get("op"), error=message)
+            return {"error": {"errno": errno.EIO, "message": message}}, []
 
     def _regions(self) -> tuple[dict[str, Any], list[int]]:
         """Memory by descriptor, and the devices that have registers (those with a model).

@@ -226,7 +226,9 @@ class ModelRunner:
                 wait_ms = max(0, (next_tick - now + 999_999) // 1_000_000)
             ready = {fd for fd, _ in poller.poll(wait_ms)}
             try:
-                if self.doorbell in ready and _drain(self.doorbell):
+                # Read the doorbell whether or not poll saw it: a kick rung before a
+                # request must be handled before that request is answered.
+                if _drain(self.doorbell):
                     self.model.kick()
                 if self._wake in ready:
                     _drain(self._wake)

@@ -54,7 +54,7 @@ class Register:
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
             raise RegisterError(f"register name {self.name!r} must be 1-32 chars of [a-z0-9_]")
-        if self.width not in _FORMATS:
+        if type(self.width) is not int or self.width not in _FORMATS:
             raise RegisterError(
                 f"register {self.name}: width {self.width!r} is not 8, 16, 32 or 64"
             )
@@ -194,13 +194,16 @@ class Registers:
     def write(self, offset: int, value: int, width: int = 32) -> None:
         """A raw write at ``offset``; the driver side may only write its own registers."""
         self._bounds(offset, width)
+        touched = [r for r in self.map if r.offset < offset + width // 8 and offset < r.end]
         if self._side == "driver":
-            for reg in self.map:
-                if reg.offset < offset + width // 8 and offset < reg.end and reg.owner != "driver":
+            for reg in touched:
+                if reg.owner != "driver":
                     raise RegisterError(
                         f"offset {offset:#x} is register {reg.name}, read-only to the driver"
                     )
         self._write(offset, width, value, f"at {offset:#x}")
+        if self._kick is not None and any(r.doorbell for r in touched):
+            self._kick()
 
     def values(self, owner: Owner | None = None) -> dict[str, int]:
         """Every register's value (only ``owner``'s, if given), by name."""
@@ -215,7 +218,7 @@ class Registers:
         return bytes(self._buffer[self._base : self._base + self.map.size])
 
     def _bounds(self, offset: int, width: int) -> None:
-        if width not in _FORMATS:
+        if type(width) is not int or width not in _FORMATS:
             raise RegisterError(f"access width {width!r} is not 8, 16, 32 or 64")
         if type(offset) is not int or offset < 0 or offset % (width // 8):
             raise RegisterError(f"offset {offset!r} is not aligned to a {width}-bit access")

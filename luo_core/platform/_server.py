@@ -55,7 +55,11 @@ def serve(hardware: Hardware, sock: socket.socket, role: str) -> None:
             reply, out = hardware.handle(request, conn)
             try:
                 _wire.send(sock, reply, out)
-            except (LiveUpdateError, OSError):
+            except PeerGoneError:
+                return
+            except LiveUpdateError as exc:  # an answer that cannot be sent: say so instead
+                _wire.send(sock, {"error": {"errno": exc.errno, "message": str(exc)}})
+            except OSError:
                 return
             finally:
                 close_fds(out)
