@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import types
 from collections.abc import Iterator
 from typing import ClassVar
@@ -14,7 +15,7 @@ from structlog.testing import capture_logs
 from luo_core import Device, DeviceDriver, DeviceDriverOps, Kernel, KernelConfig, State, hookimpl
 from luo_core.abi import decode_record, decode_state, read_root, schema_of
 from luo_core.abi._boot import BootParams
-from luo_core.errors import HandoffError, KernelGoneError, KernelLeakError
+from luo_core.errors import HandoffError, KernelGoneError, KernelLeakError, LiveUpdateError
 from luo_core.kernel._hwlink import HardwareLink
 from luo_core.platform import EXAMPLE_NIC, PhysicalMemory, default_host
 from tests.journal import CounterRecord, JournalPack, JournalRecord
@@ -281,3 +282,33 @@ def test_a_damaged_meta_node_costs_the_statistics_not_the_devices(journal: list[
     assert any(e["event"] == "handoff_meta_malformed" for e in logs)
     assert again.stats is not None and again.stats.blackout_us is None
     assert list(again.stats.phases) == ["restore"]
+
+
+def test_a_thread_left_behind_is_reported_and_fenced_from_registers_and_memory(
+    journal: list[str],
+) -> None:
+    """What a timed-out callback's thread finds when it wakes after kexec: nothing it may touch."""
+    kernel = Kernel.boot(default_host(), plugins=[JournalPack(journal)], discover=False)
+    kernel.devices.request(NIC)
+    nic, memory = kernel.devices[NIC], kernel.memory
+    wake, done = threading.Event(), threading.Event()
+    outcome: list[str] = []
+
+    def late_write() -> None:
+        wake.wait(30)
+        for attempt in (lambda: nic.regs.__setitem__("ctrl", 0), lambda: memory.read(0, 8)):
+            try:
+                attempt()
+            except LiveUpdateError as exc:
+                outcome.append(type(exc).__name__)
+        done.set()
+
+    kernel.prepare()
+    straggler = threading.Thread(target=late_write, name="left behind", daemon=True)
+    straggler.start()  # as a callback that returned early would, before kexec
+    new = kernel.kexec()
+    assert new.stats is not None and new.stats.threads_left == ["left behind"]
+    wake.set()
+    assert done.wait(30)
+    assert outcome == ["KernelGoneError", "PhysicalMemoryError"]
+    assert new.devices[NIC].regs["ctrl"] & 1  # the NIC was never touched

@@ -53,6 +53,19 @@ class Kernel(Jump, Restore):
         ``kexec -l`` loads an image before the jump); the plugins are built
         from it now, afresh.
         """
+        try:
+            self._boot(params, link, power, image)
+        except BaseException:
+            link.close()  # a kernel that could not boot lets go of the hardware
+            raise
+
+    def _boot(
+        self,
+        params: BootParams,
+        link: HardwareLink,
+        power: object,
+        image: Sequence[PluginSource] | None,
+    ) -> None:
         self.params = params
         self.machine = params.machine
         """The machine description this kernel enumerated its devices from."""
