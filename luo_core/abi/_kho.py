@@ -19,7 +19,6 @@ from typing import NamedTuple, Protocol
 import attrs
 import cbor2
 
-from luo_core.abi._cbor import decode_strict
 from luo_core.abi._frame import HEADER, FrameKind
 from luo_core.errors import HandoffError, LiveUpdateError
 
@@ -148,7 +147,10 @@ def _read_root(memory: Memory, phys: int) -> HandedOver:
     try:
         total = ROOT.size(memory.read(phys, HEADER.size))
         frame = memory.read(phys, total)
-        body = decode_strict(ROOT.unpack(frame))
+        # The C decoder: this read is on the blackout path.  What it returns is
+        # checked by type and range below, and never printed, so a tag, a bignum
+        # or a shared reference can only be refused, not explode.
+        body = cbor2.loads(ROOT.unpack(frame), max_depth=4, allow_indefinite=False)
     except HandoffError as exc:
         raise HandoffError(f"{where}: {exc}") from None
     except LiveUpdateError:
@@ -195,12 +197,19 @@ def _list(value: object, where: str) -> list[object]:
 
 def _range(item: object, memory: Memory, where: str) -> MemRange:
     if not (type(item) is list and len(item) == 2 and _is_u64(item[0]) and _is_u64(item[1])):
-        raise HandoffError(f"{where}: malformed preserved range {item!r:.60}")
+        raise HandoffError(f"{where}: malformed preserved range ({_shape(item)})")
     start, size = item
     page = memory.PAGE_SIZE
     if size == 0 or start % page or size % page or start + size > memory.size:
         raise HandoffError(f"{where}: preserved range {start:#x}+{size:#x} is not valid memory")
     return MemRange(start, size)
+
+
+def _shape(item: object) -> str:
+    """What a hostile item is, said without printing it (it may be huge, or a cycle)."""
+    if type(item) is list:
+        return f"a list of {len(item)}: " + ", ".join(type(x).__name__ for x in item[:5])
+    return f"a {type(item).__name__}"
 
 
 def _node(item: object, where: str) -> KhoNode:
@@ -215,5 +224,5 @@ def _node(item: object, where: str) -> KhoNode:
         and _NAME.match(item[0])
         and _NAME.match(item[1])
     ):
-        raise HandoffError(f"{where}: malformed node {item!r:.60}")
+        raise HandoffError(f"{where}: malformed node ({_shape(item)})")
     return KhoNode(item[0], item[1], item[2], item[3], item[4])

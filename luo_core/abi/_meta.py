@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Final
 
-from luo_core.abi._cbor import decode_canonical, encode_canonical
+import cbor2
+
+from luo_core.abi._cbor import decode_canonical
 from luo_core.abi._frame import FrameKind
 from luo_core.abi._stats import UpdateStats
 from luo_core.errors import HandoffError
@@ -24,7 +26,9 @@ def write_meta(stats: UpdateStats) -> bytes:
     """The meta record the old kernel adds to its handoff."""
     if stats.freeze_start_ns is None:
         raise HandoffError("the meta record needs the time freeze started")
-    return META.pack(encode_canonical(stats.to_wire()))
+    # cbor2's canonical form (in C: this is written on the kexec path) is the
+    # deterministic form the reader checks, for keys as short as these.
+    return META.pack(cbor2.dumps(stats.to_wire(), canonical=True))
 
 
 def read_meta(blob: bytes) -> UpdateStats:

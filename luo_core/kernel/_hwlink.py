@@ -99,6 +99,7 @@ class HardwareLink:
             self._channel.close()
             raise
         self.fence = Fence(self.mmio)
+        self._window_view: Any = self.mmio.view(0, self.mmio.size)  # one for every register file
 
     def _windows(self, reply: dict[str, Any]) -> dict[str, Window]:
         maps, devices = reply.get("maps"), reply.get("devices")
@@ -171,7 +172,7 @@ class HardwareLink:
             fd = window.doorbell
             kick = lambda: os.eventfd_write(fd, 1)  # noqa: E731 (an ioeventfd write)
         return Registers(
-            self.mmio.view(0, self.mmio.size),
+            self._window_view,
             window.mmio + BAR_OFFSET,
             window.registers,
             side="driver",
@@ -182,7 +183,7 @@ class HardwareLink:
     def config(self, window: Window) -> Registers:
         """``window``'s configuration space, fenced."""
         return Registers(
-            self.mmio.view(0, self.mmio.size),
+            self._window_view,
             window.mmio,
             CONFIG_REGISTERS,
             side="driver",

@@ -79,9 +79,10 @@ class Jump(Phases):
             log.error("thread_left_behind", thread=name, reason="still running at kexec")
         return sorted(left)
 
-    def _die(self) -> Tracked:
-        """Let go of everything this kernel owned; weak references to it, for the leak check."""
-        tracked = self._owned()
+    def _die(self, *, track: bool = False) -> Tracked:
+        """Let go of everything this kernel owned; with ``track``, weak references to it,
+        for the leak check."""
+        tracked = self._owned() if track else []
         self._gone = True
         self._link.close()
         # What a gone kernel keeps is what it booted from and who it was; the

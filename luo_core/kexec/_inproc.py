@@ -62,7 +62,7 @@ def kexec(
         raise
     params = BootParams(old.params.hardware, machine, config, root)
     power = old._power
-    tracked = old._die()
+    tracked = old._die(track=check_leaks)
     if during_blackout is not None:
         during_blackout()
     new = Kernel(params, link, power=power, image=image)
