@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-import structlog
 
 from luo_core import Kernel, Machine
+from luo_core._logging import reset as reset_logging
 from luo_core.platform import default_host
 from tests.journal import Journal, JournalPack
 
@@ -15,7 +15,7 @@ from tests.journal import Journal, JournalPack
 @pytest.fixture(autouse=True)
 def _reset_structlog() -> Iterator[None]:
     yield
-    structlog.reset_defaults()
+    reset_logging()  # a test that ran the luo command configured it
 
 
 @pytest.fixture

@@ -69,3 +69,33 @@ def test_every_error_shares_one_base_and_carries_an_errno() -> None:
 
 def test_the_pluggy_project_is_the_documented_one() -> None:
     assert luo_core.hookimpl.project_name == "luo"
+
+
+def test_the_library_is_silent_unless_the_application_asks() -> None:
+    """The README's snippet prints its one line and nothing else; logging.basicConfig shows more."""
+    import subprocess
+    import sys
+
+    snippet = (
+        "from luo_core import Kernel\n"
+        "from luo_core.platform import default_host\n"
+        "kernel = Kernel.boot(default_host())\n"
+        "kernel.devices.request('0000:01:00.0')\n"
+        "kernel.prepare()\n"
+        "kernel = kernel.kexec()\n"
+        "print(kernel.devices['0000:01:00.0'].reclaimed)\n"
+        "kernel.finish()\n"
+    )
+    quiet = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True)
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "True\n", "")
+    loud = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import logging; logging.basicConfig(level=logging.INFO)\n" + snippet,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert loud.returncode == 0 and loud.stdout == "True\n"
+    assert "state_changed" in loud.stderr and "blackout" in loud.stderr

@@ -65,14 +65,17 @@ def _nic_counters(hardware: Hardware | HardwareProcess, names: list[str]) -> dic
 
 
 def run_process(
-    workers: int = 1, save_handoff: Path | None = None, next_python: str | None = None
+    workers: int = 1,
+    save_handoff: Path | None = None,
+    next_python: str | None = None,
+    log: str = "warning",
 ) -> tuple[UpdateStats, dict[str, Any]]:
     """The demo with the hardware and every kernel in processes of their own."""
     machine = default_host(rx_pps=RX_PPS)
     nics = [n for n, d in machine.devices.items() if d.compatible == EXAMPLE_NIC]
     config = KernelConfig(workers=workers)
-    with HardwareProcess(machine) as hardware:
-        kernel = KernelProcess.boot(hardware, config)
+    with HardwareProcess(machine, log=log) as hardware:
+        kernel = KernelProcess.boot(hardware, config, log=log)
         try:
             refused = _request_leaves(kernel, machine.devices, kernel.devices().values())
             for nic in nics:
@@ -232,7 +235,8 @@ def run(args: argparse.Namespace) -> int:
             raise DeviceError("--next-python needs a kernel process: drop --inproc")
         stats, summary = run_inproc(args.workers, args.save_handoff)
     else:
-        stats, summary = run_process(args.workers, args.save_handoff, args.next_python)
+        level = {0: "warning", 1: "info"}.get(args.verbose, "debug")
+        stats, summary = run_process(args.workers, args.save_handoff, args.next_python, level)
     if args.trace:
         args.trace.write_text(json.dumps(stats.chrome_trace()))
     if args.json:

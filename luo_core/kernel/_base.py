@@ -12,8 +12,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
+from luo_core._logging import get_logger
 from luo_core.abi._boot import BootParams, KernelConfig
 from luo_core.abi._machine import Machine
 from luo_core.abi._stats import UpdateStats
@@ -35,7 +34,7 @@ if TYPE_CHECKING:
     from luo_core.kernel.devices import DeviceTree
     from luo_core.platform._memory import PhysicalMemory
 
-log = structlog.get_logger(PROJECT)
+log = get_logger(PROJECT)
 
 
 class KernelBase:

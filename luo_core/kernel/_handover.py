@@ -16,8 +16,8 @@ from __future__ import annotations
 import itertools
 
 import attrs
-import structlog
 
+from luo_core._logging import get_logger
 from luo_core.abi import HandedOver, MemRange
 from luo_core.abi._kho import find_containing
 from luo_core.errors import HandoffError
@@ -26,7 +26,7 @@ from luo_core.kernel._kho import KexecHandover
 from luo_core.kernel._participants import Key
 from luo_core.platform import PhysicalMemory
 
-log = structlog.get_logger("luo")
+log = get_logger("luo")
 
 
 @attrs.frozen

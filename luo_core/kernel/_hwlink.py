@@ -20,8 +20,8 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Final
 
 import attrs
-import structlog
 
+from luo_core._logging import get_logger
 from luo_core.errors import HardwareError, KernelGoneError
 from luo_core.platform._hardware import GENERATION, close_fds, mmio_base
 from luo_core.platform._link import Channel, connect
@@ -34,7 +34,7 @@ from luo_core.platform._registers import (
     Registers,
 )
 
-log = structlog.get_logger("luo")
+log = get_logger("luo")
 _BARE: Final = RegisterMap()
 
 

@@ -18,12 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
 import attrs
-import structlog
 
+from luo_core._logging import get_logger
 from luo_core.abi._stats import CallbackStat, PhaseStats, now_ns
 from luo_core.errors import CallbackTimeoutError
 
-log = structlog.get_logger("luo")
+log = get_logger("luo")
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
 

@@ -21,9 +21,9 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 import attrs
 import pluggy
-import structlog
 from pluggy import HookimplOpts, HookspecOpts
 
+from luo_core._logging import get_logger
 from luo_core.abi._boot import PluginFactory, factory_name, load_factory, resolve
 from luo_core.errors import PluginConflictError, PluginError
 from luo_core.kernel._hookspecs import PROJECT, LuoSpec
@@ -33,7 +33,7 @@ from luo_core.platform._models import ENTRY_POINT_GROUP, HardwareSpec
 DISABLE_ENV = "LUO_DISABLE_PLUGINS"
 CORE_DISTRIBUTION = "luo-core"
 
-log = structlog.get_logger("luo.registry")
+log = get_logger("luo.registry")
 R = TypeVar("R", Subsystem, DeviceDriver, Bus)
 
 

@@ -25,8 +25,7 @@ import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
-import structlog
-
+from luo_core._logging import get_logger
 from luo_core.abi._machine import Machine
 from luo_core.abi._wire import plain
 from luo_core.errors import HardwareError, LiveUpdateError
@@ -41,7 +40,7 @@ from luo_core.platform._registers import (
     Registers,
 )
 
-log = structlog.get_logger("luo.hw")
+log = get_logger("luo.hw")
 GENERATION: Final = struct.Struct("<Q")
 PROTOCOL_VERSION: Final = 1
 DOORBELLS_PER_MESSAGE: Final = 48

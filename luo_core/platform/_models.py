@@ -24,13 +24,13 @@ from concurrent.futures import Future
 from typing import Any, ClassVar, TypeVar
 
 import pluggy
-import structlog
 
+from luo_core._logging import get_logger
 from luo_core.errors import HardwareError
 from luo_core.platform._memory import PhysicalMemory
 from luo_core.platform._registers import RegisterMap, Registers
 
-log = structlog.get_logger("luo.hw")
+log = get_logger("luo.hw")
 T = TypeVar("T")
 
 ENTRY_POINT_GROUP = "luo_core.plugins"

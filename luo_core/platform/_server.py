@@ -23,16 +23,15 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import structlog
-
 from luo_core._logging import configure as configure_logging
+from luo_core._logging import get_logger
 from luo_core.abi import _wire
 from luo_core.abi._machine import Machine
 from luo_core.errors import HardwareError, LiveUpdateError, PeerGoneError
 from luo_core.platform._hardware import Connection, Hardware, close_fds
 from luo_core.platform._link import Channel, SocketChannel
 
-log = structlog.get_logger("luo.hw")
+log = get_logger("luo.hw")
 START_TIMEOUT = 60.0
 
 

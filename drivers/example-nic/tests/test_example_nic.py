@@ -6,11 +6,11 @@ import os
 
 import luo_example_nic
 import pytest
-import structlog
 from luo_example_nic import SUBSYSTEM, FdbOps, NicState, burned_in_mac, transmit
 from structlog.testing import capture_logs
 
 from luo_core import Kernel, KernelConfig, State
+from luo_core._logging import reset as reset_logging
 from luo_core.errors import BusyError, RegisterError
 from luo_core.kexec import KernelProcess
 from luo_core.platform import Hardware, HardwareProcess, default_host
@@ -21,7 +21,7 @@ OTHER = "0000:02:00.0"
 
 @pytest.fixture(autouse=True)
 def _reset_structlog() -> None:
-    structlog.reset_defaults()
+    reset_logging()  # a test that ran the luo command configured it
 
 
 @pytest.fixture

@@ -15,8 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
+from luo_core._logging import get_logger
 from luo_core.abi._machine import DeviceSpec, Machine
 from luo_core.errors import BusyError, DependencyCycleError, DeviceError, NotFoundError
 from luo_core.kernel._records import Bus, DeviceDriver
@@ -26,7 +25,7 @@ from luo_core.platform import BUS_MASTER, Registers
 if TYPE_CHECKING:
     from luo_core.kernel._hwlink import HardwareLink
 
-log = structlog.get_logger("luo")
+log = get_logger("luo")
 
 
 class Device:
