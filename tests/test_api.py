@@ -72,7 +72,7 @@ def test_the_pluggy_project_is_the_documented_one() -> None:
 
 
 def test_the_library_is_silent_unless_the_application_asks() -> None:
-    """The README's snippet prints its one line and nothing else; logging.basicConfig shows more."""
+    """The README snippet prints its one line and nothing else; basicConfig shows the rest."""
     import subprocess
     import sys
 
