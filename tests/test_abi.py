@@ -31,7 +31,7 @@ from luo_core import (
 )
 from luo_core.abi import state, u16, u64
 from luo_core.cli import main
-from luo_core.errors import CallbackError, IncompatibleError
+from luo_core.errors import CallbackError, IncompatibleError, LiveUpdateError, ManifestError
 from luo_core.kernel._preflight import compare_manifests, load_manifest
 from luo_core.kexec import boot as cold_boot
 from luo_core.platform import EXAMPLE_NIC, default_host
@@ -140,10 +140,48 @@ def test_preflight_refuses_before_anything_changes() -> None:
 
 def test_preflight_refuses_a_version_without_a_writer() -> None:
     target = manifest_of(NEW)
-    target["schemas"]["luo,example-nic-state"].update(version=4, min_version=4)
+    target["schemas"]["luo,example-nic-state"].update(version=4, min_version=4, migrations=[])
     kernel = boot(NEW)
     with pytest.raises(IncompatibleError, match=r"reads v4\.\.v4 and there is no rollback writer"):
         kernel.prepare(target=target)
+
+
+@pytest.mark.parametrize(
+    ("target", "problem"),
+    [
+        ({}, 'target is not a luo ABI manifest (an object with "format": 1)'),
+        ({"format": 1}, 'target: missing key "luo-core"'),
+        ("x", 'target is not a luo ABI manifest (an object with "format": 1)'),
+        ([], 'target is not a luo ABI manifest (an object with "format": 1)'),
+        (
+            {"format": 1, "luo-core": "0", "packs": {}, "participants": {}, "schemas": {"a": {}}},
+            'target: schemas.a: missing key "compatible"',
+        ),
+    ],
+)
+def test_prepare_refuses_a_target_that_is_not_a_manifest(target: Any, problem: str) -> None:
+    kernel = boot(NEW)
+    with pytest.raises(LiveUpdateError) as info:
+        kernel.prepare(target=target)
+    if isinstance(target, dict):  # prepare itself refuses what is not a dict
+        assert type(info.value) is ManifestError
+        assert str(info.value) == problem
+    assert kernel.state is State.NORMAL
+    assert kernel.kho.nodes == {} and kernel.stats is None
+
+
+def test_prepare_checks_its_target_as_a_file_would_be() -> None:
+    target = manifest_of(OLD)
+    target["schemas"]["luo,example-nic-state"]["version"] = 10**30
+    kernel = boot(NEW)
+    with pytest.raises(
+        ManifestError, match=r'^target: schemas\."luo,example-nic-state"\.version: '
+    ):
+        kernel.prepare(target=target)
+    assert kernel.state is State.NORMAL
+    fresh = boot(NEW)
+    fresh.prepare(target=None)  # None is no target: the default
+    assert fresh.state is State.PREPARED
 
 
 def test_a_rollback_writer_may_refuse_state_it_cannot_express() -> None:

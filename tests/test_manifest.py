@@ -13,12 +13,16 @@ from typing import Any
 
 import attrs
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from luo_core.abi._manifest import Finding, compare_entries, manifest_entry
+from luo_core.abi._manifest import Finding, _relation, compare_entries, manifest_entry
+from luo_core.abi._manifest_check import U32_MAX, BadType, check_entry, parse_type
 from luo_core.abi._schema import schema_of, section, state
-from luo_core.abi._types import PhysRange, u8, u16, u64
-from luo_core.errors import SchemaError
-from tests.test_schema import Mode, Queue
+from luo_core.abi._types import PhysAddr, PhysRange, s8, u8, u16, u32, u64
+from luo_core.errors import ManifestError, SchemaError
+from luo_core.kernel._preflight import compare_manifests, load_manifest
+from tests.test_schema import Link, Mode, Queue, Window
 
 ROOT = Path(__file__).resolve().parent.parent
 RSS = section("rss", needed=lambda nic: nic.key != b"")
@@ -318,3 +322,189 @@ def test_manifest_entry_refuses_other_classes() -> None:
 
     with pytest.raises(SchemaError, match="not a @state class"):
         manifest_entry(Plain)
+
+
+# -- checking entries and manifests read from files ----------------------------------
+
+
+def test_every_entry_luo_writes_passes_its_own_check() -> None:
+    @state(compatible="luo,every-type", version=3, min_version=2)
+    class Everything:
+        mode: Mode
+        link: Link
+        window: Window
+        table: dict[str, list[Queue]] = attrs.field(factory=dict)
+        by_id: dict[u32, PhysRange | None] = attrs.field(factory=dict)
+        spans: tuple[PhysRange, ...] = ()
+        flags: list[bool] = attrs.field(factory=list)
+        blob: bytes = b""
+        note: str = ""
+        addr: PhysAddr = 0
+        small: s8 = 0
+
+    schema_of(Everything).migration(from_version=2)(same)
+    schema_of(Everything).writes(version=2)(lambda obj: {})
+    for cls in (Old, Everything):
+        entry = manifest_entry(cls)
+        check_entry(json.loads(json.dumps(entry)), "here")
+        for spec in [*entry["fields"], *(f for s in entry["structs"].values() for f in s)]:
+            assert parse_type(spec["type"]).text == spec["type"]
+    entry = manifest_entry(Everything)
+    types = {f["name"]: f["type"] for f in entry["fields"]}
+    assert types["table"] == "dict[str, list[state:luo,test-queue]]"
+    assert types["by_id"] == "dict[u32, optional[struct:PhysRange]]"
+
+
+def test_compare_entries_refuses_a_malformed_entry_with_its_path() -> None:
+    with pytest.raises(ManifestError, match=r'^old: missing key "compatible"$'):
+        compare_entries({}, OLD)
+    entry = retyped("list[u8")
+    with pytest.raises(ManifestError, match=r'^new: fields\[1\]\.type: "list\[u8" is not a fie'):
+        compare_entries(OLD, entry)
+    entry = versions(2, 1, [1], [])
+    entry["version"] = 10**30
+    with pytest.raises(ManifestError, match=r"^new: version: expected an integer from 1 to 42"):
+        compare_entries(OLD, entry)
+
+
+@pytest.mark.parametrize(
+    ("written", "read", "relation"),
+    [
+        ("dict[str, u16]", "dict[str, u32]", "wider"),
+        ("dict[u8, u16]", "dict[u16, u16]", "wider"),
+        ("dict[u16, u16]", "dict[u8, u32]", "different"),
+        ("dict[str, u32]", "dict[str, u16]", "narrower"),
+        ("dict[str, u16]", "dict[u16, u16]", "different"),
+        ("dict[str, list[u8]]", "dict[str, list[u8]]", "same"),
+        ("dict[str, u16]", "optional[dict[str, u32]]", "wider"),
+        ("list[u16]", "dict[str, u16]", "different"),
+        ("u16", "optional[u32]", "wider"),
+        ("optional[u32]", "u16", "narrower"),
+        ('enum:Link{down="down"}', 'enum:Link{down="down",up="up"}', "wider"),
+        ('enum:L{a="x,y}"}', 'enum:L{a="x,y}",b="z"}', "wider"),
+        ("tuple[state:luo,a,b, ...]", "tuple[state:luo,a,b, ...]", "same"),
+        ("tuple[state:luo,a,, ...]", "list[state:luo,a,]", "different"),
+    ],
+)
+def test_type_relations_include_dicts(written: str, read: str, relation: str) -> None:
+    assert _relation(parse_type(written), parse_type(read)) == relation
+
+
+def test_a_widened_dict_value_is_info_for_the_update_and_a_warning_for_rollback() -> None:
+    entry = copy.deepcopy(OLD)
+    entry["fields"].append({"name": "table", "type": "dict[str, u16]", "default": True})
+    wider = copy.deepcopy(entry)
+    wider["fields"][-1]["type"] = "dict[str, u32]"
+    findings = compare_entries(entry, wider)
+    assert pairs(findings) == [("info", "update"), ("warning", "rollback")]
+    assert "field 'table': dict[str, u16] -> dict[str, u32]; new reads every value" in only(
+        findings, "info", "update"
+    )
+
+
+def test_a_version_range_of_two_to_the_32_is_compared_without_walking_it() -> None:
+    entry = versions(U32_MAX, 1, [], [])
+    findings = compare_entries(versions(2, 1, [1], []), entry)
+    assert only(findings, "error", "update") == (
+        f"new has no migration for v2->v3 ... v{U32_MAX - 1}->v{U32_MAX} ({U32_MAX - 2})"
+    )
+    # Many gaps: the first five, and how many more.
+    entry = versions(1000, 1, list(range(1, 1000, 2)), [])
+    message = only(compare_entries(versions(1, 1, [], []), entry), "error", "update")
+    assert message == (
+        "new has no migration for v2->v3, v4->v5, v6->v7, v8->v9, v10->v11 and 494 more gaps"
+    )
+
+
+def manifest_with(entry: Any) -> dict[str, Any]:
+    return {
+        "format": 1,
+        "luo-core": "0",
+        "packs": {},
+        "participants": {},
+        "schemas": {"luo,m": entry},
+    }
+
+
+GOOD = json.dumps(manifest_with(OLD))
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+def loads_or_refuses(text: str | bytes) -> dict[str, Any] | None:
+    """A manifest, or None after a ManifestError: nothing else may escape."""
+    try:
+        return load_manifest(text, "m.json")
+    except ManifestError as exc:
+        message = str(exc)
+        assert message.startswith("m.json") and "\n" not in message and len(message) < 600
+        return None
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(value=json_values)
+def test_any_json_value_is_a_manifest_or_a_manifest_error(value: Any) -> None:
+    loads_or_refuses(json.dumps(value))
+
+
+@settings(max_examples=300)
+@given(blob=st.binary(max_size=200))
+def test_any_bytes_are_a_manifest_or_a_manifest_error(blob: bytes) -> None:
+    loads_or_refuses(blob)
+    loads_or_refuses(GOOD.encode()[: len(blob)] + blob)
+
+
+def _paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found = [path]
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found += _paths(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += _paths(item, (*path, index))
+    return found
+
+
+PATHS = _paths(json.loads(GOOD))[1:]
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(path=st.sampled_from(PATHS), value=json_values, data=st.data())
+def test_a_valid_manifest_with_any_part_replaced_is_refused_or_compared(
+    path: tuple[Any, ...], value: Any, data: st.DataObject
+) -> None:
+    manifest = json.loads(GOOD)
+    parent = manifest
+    for step in path[:-1]:
+        parent = parent[step]
+    if data.draw(st.booleans()):
+        parent[path[-1]] = value
+    elif isinstance(parent, dict):
+        parent[data.draw(st.text(max_size=8))] = value
+    else:
+        del parent[path[-1]]
+    checked = loads_or_refuses(json.dumps(manifest))
+    if checked is not None:  # whatever passes the check, the comparison takes both ways
+        good = load_manifest(GOOD)
+        assert isinstance(compare_manifests(good, checked), list)
+        assert isinstance(compare_manifests(checked, good), list)
+
+
+@settings(max_examples=300)
+@given(text=st.text(alphabet='listupeodcarg[]{}:=,." 0123468_-', max_size=40))
+def test_any_type_string_parses_or_is_a_bad_type(text: str) -> None:
+    try:
+        parsed = parse_type(text)
+    except BadType as exc:
+        reason = str(exc)
+    else:
+        assert parsed.text == text
+        assert _relation(parsed, parsed) == "same"
+        return
+    assert " at character " in reason and "\n" not in reason

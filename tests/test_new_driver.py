@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import subprocess
 import sys
 import venv
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 
 from luo_core.cli import main
 from luo_core.cli._scaffold import scaffold
+from luo_core.platform._models import ENTRY_POINT_GROUP
 from luo_core.testing import (
     check_cancel,
     check_deterministic_across_processes,
@@ -51,7 +54,7 @@ def test_the_scaffold_passes_the_contract_checks(
         check_deterministic_across_processes(pack)
     finally:
         for name in [m for m in sys.modules if m.startswith("luo_acme_nvme")]:
-            monkeypatch.delitem(sys.modules, name)
+            del sys.modules[name]  # for good: the next scaffold of acme-nvme must not find it
 
 
 def test_its_own_tests_pass(tmp_path: Path) -> None:
@@ -69,14 +72,93 @@ def test_its_own_tests_pass(tmp_path: Path) -> None:
     assert "passed" in done.stdout
 
 
-@pytest.mark.parametrize("bad", ["Acme", "acme_nic", "acme-", "acme--nic", "1acme", "a" * 41])
-def test_bad_names_are_one_line_errors(
-    bad: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [
+        ("Acme", "must be lowercase words joined by '-'"),
+        ("acme_nic", "must be lowercase words joined by '-'"),
+        ("acme-", "must be lowercase words joined by '-'"),
+        ("acme--nic", "must be lowercase words joined by '-'"),
+        ("1acme", "a letter first, at most 40 characters"),
+        ("a" * 41, "is 41 characters long: at most 40"),
+        ("luo-acme", "must not start with 'luo-': the pack is named luo-NAME"),
+    ],
+)
+def test_bad_names_are_usage_errors(
+    bad: str, why: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["new-driver", bad, "--dir", str(tmp_path / "x")]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "must be lowercase words" in err[0]
+    with pytest.raises(SystemExit) as exited:
+        main(["new-driver", bad, "--dir", str(tmp_path / "x")])
+    assert exited.value.code == 2
+    usage, error = capsys.readouterr().err.strip().splitlines()
+    assert usage.startswith("usage: luo new-driver ")
+    assert error.startswith(f"luo new-driver: error: argument NAME: driver name {bad!r} ")
+    assert why in error
     assert not (tmp_path / "x").exists()
+
+
+def refused(capsys: pytest.CaptureFixture[str], name: str, target: Path) -> str:
+    assert main(["new-driver", name, "--dir", str(target)]) == 1
+    captured = capsys.readouterr()
+    [line] = captured.err.splitlines()
+    assert captured.out == ""
+    assert not target.exists()
+    return line
+
+
+def test_a_name_that_would_replace_luo_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert refused(capsys, "core", tmp_path / "x") == (
+        "luo new-driver: error: driver name 'core' would make luo-core / luo_core, luo's own "
+        "distribution and package: installing the pack would replace luo; choose another name"
+    )
+
+
+def test_a_name_of_an_installed_distribution_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    version = metadata.version("luo-example-nic")
+    assert refused(capsys, "example-nic", tmp_path / "x") == (
+        "luo new-driver: error: driver name 'example-nic' would make luo-example-nic, and "
+        f"luo-example-nic {version} is already installed; choose another name"
+    )
+
+
+def test_a_name_whose_package_is_importable_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "luo_acme_taken.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    line = refused(capsys, "acme-taken", tmp_path / "x")
+    assert line == (
+        "luo new-driver: error: driver name 'acme-taken' would make the package luo_acme_taken, "
+        f"and a module luo_acme_taken is already importable ({tmp_path / 'luo_acme_taken.py'}); "
+        "choose another name"
+    )
+
+
+def test_a_name_an_installed_pack_answers_to_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    info = tmp_path / "acme_drivers-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-drivers\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\nacme-nic = acme_drivers\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert refused(capsys, "acme-nic", tmp_path / "x") == (
+        "luo new-driver: error: driver name 'acme-nic' is already the entry point of installed "
+        "pack acme-drivers; choose another name"
+    )
+
+
+def test_help_gives_the_rules_for_names(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["new-driver", "-h"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert "at most 40 characters" in out and "examples:" in out
+    assert "(default: ./luo-NAME)" in re.sub(r"-\s+", "-", " ".join(out.split()))
 
 
 def test_an_existing_folder_is_never_overwritten(

@@ -37,15 +37,9 @@ from luo_core import (
 from luo_core.cli import main
 from luo_core.errors import CallbackError, PluginConflictError
 from luo_core.kernel._records import PluginOrigin
-from luo_core.kernel._registry import (
-    DISABLE_ENV,
-    PackInfo,
-    PluginRegistry,
-    load_plugins,
-    normalize,
-)
+from luo_core.kernel._registry import PackInfo, PluginRegistry, load_plugins
 from luo_core.platform import EXAMPLE_NIC
-from luo_core.platform._models import ENTRY_POINT_GROUP
+from luo_core.platform._models import DISABLE_ENV, ENTRY_POINT_GROUP, normalize
 
 EXAMPLE_PACK = "luo-example-nic"
 LogEvent = MutableMapping[str, Any]
@@ -175,8 +169,16 @@ class DistFactory:
         self.modules: list[str] = []
 
     def __call__(
-        self, name: str, source: str, *, version: str = "1.0", attr: str | None = None
+        self,
+        name: str,
+        source: str,
+        *,
+        version: str = "1.0",
+        attr: str | None = None,
+        entry_point: str | None = None,
     ) -> FakeDist:
+        """Install ``name`` whose plugin module holds ``source``; its entry point is
+        called ``entry_point`` (default: the name's slug) and names ``module[:attr]``."""
         slug = re.sub(r"[^a-z0-9]+", "_", name.lower())
         module = f"luo_fake_{next(_serial)}_{slug}"
         # The directory stem must hold the escaped name: importlib.metadata
@@ -187,7 +189,9 @@ class DistFactory:
             f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
         )
         target = module if attr is None else f"{module}:{attr}"
-        (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n{slug} = {target}\n")
+        (info / "entry_points.txt").write_text(
+            f"[{ENTRY_POINT_GROUP}]\n{entry_point or slug} = {target}\n"
+        )
         (self.root / f"{module}.py").write_text(source)
         self.modules.append(module)
         importlib.invalidate_caches()
@@ -506,6 +510,7 @@ def test_an_installed_pack_handing_over_raw_bytes_fails_prepare(make_dist: DistF
             id="missing-dependency",
         ),
         pytest.param("def broken(:\n", ["SyntaxError"], id="syntax-error"),
+        pytest.param("import sys\nsys.exit(3)\n", ["SystemExit: 3"], id="exits"),
     ],
 )
 def test_pack_that_fails_to_import_is_reported_once_and_skipped(
@@ -533,7 +538,7 @@ def test_pack_that_fails_to_import_is_reported_once_and_skipped(
             def luo_subsystem():
                 yield Subsystem(name="typo-sub", ops=FakeSubsystemOps(), schema=FakeSubsystemState)
             """,
-            "luo_subsystem",
+            "unknown hook 'luo_subsystem' (did you mean 'luo_subsystems'?)",
             id="luo_subsystem",
         ),
         pytest.param(
@@ -547,7 +552,7 @@ def test_pack_that_fails_to_import_is_reported_once_and_skipped(
                     schema=FakeNicState,
                 )
             """,
-            "luo_device_driver",
+            "unknown hook 'luo_device_driver' (did you mean 'luo_device_drivers'?)",
             id="luo_device_driver",
         ),
         pytest.param(
@@ -586,6 +591,49 @@ def test_misspelt_hook_fails_the_pack(make_dist: DistFactory, extra: str, cause:
     assert_owns_nothing(registry, typo)
     assert_loaded(registry, before, "alpha")
     assert_loaded(registry, after, "gamma")
+
+
+def test_a_hook_close_to_no_known_one_lists_the_hooks(make_dist: DistFactory) -> None:
+    odd = make_dist(
+        "luo-fake-odd",
+        pack_source(
+            extra="""
+            @hookimpl
+            def luo_frobnicate():
+                pass
+            """
+        ),
+    )
+
+    with capture_logs() as logs:
+        registry = load_plugins(discover=True, builtin=None)
+
+    pack = assert_failed_once(registry, logs, odd, "unknown hook 'luo_frobnicate' (luo's hooks: ")
+    assert pack.error is not None
+    assert all(hook in pack.error for hook in ("luo_contracts", "luo_device_models"))
+
+
+def test_drivers_shows_a_misspelt_hook_with_the_name_meant(
+    make_dist: DistFactory, run_luo: RunLuo
+) -> None:
+    make_dist(
+        "luo-fake-typo",
+        pack_source(
+            extra="""
+            @hookimpl
+            def luo_device_driver():
+                return []
+            """
+        ),
+    )
+
+    code, out, _ = run_luo("drivers")
+
+    assert code == 1
+    assert (
+        "luo-fake-typo 1.0  failed: unknown hook 'luo_device_driver' "
+        "(did you mean 'luo_device_drivers'?)"
+    ) in text_blocks(out)
 
 
 BAD_SUBSYSTEMS = """
@@ -651,6 +699,12 @@ def luo_device_drivers():
             "yield {'name': 'dict-nic', 'compatible': ['luo-test,dict']}",
             ["luo_device_drivers", "dict-nic", "expected a DeviceDriver"],
             id="drivers-yields-dict",
+        ),
+        pytest.param(
+            BAD_DRIVERS,
+            "raise SystemExit('driver table says exit')",
+            ["luo_device_drivers", "SystemExit", "driver table says exit"],
+            id="drivers-exits",
         ),
         pytest.param(
             BAD_DRIVERS,
@@ -873,6 +927,40 @@ def test_disable_list_tolerates_spaces_after_commas(
     assert only_pack(registry, second.name).status == "disabled"
 
 
+def test_disabling_a_name_no_pack_has_is_a_warning(
+    make_dist: DistFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kept = make_dist.good("luo-fake-kept", "kept")
+    unknown = f"nonsense-{next(_serial)}"  # each list is reported once per process
+    disable(monkeypatch, f"{unknown}, luo-core,LUO_FAKE_KEPT")
+
+    with capture_logs() as logs:
+        registry = load_plugins(discover=True, builtin=None)
+        again = load_plugins(discover=True, builtin=None)
+
+    assert only_pack(registry, kept.name).status == "disabled"
+    # luo-core is luo itself, not a pack: it cannot be disabled either.
+    assert registry.unknown_disabled == again.unknown_disabled == [unknown, "luo-core"]
+    warnings = [e for e in logs if e["event"] == "plugin_disable_unknown"]
+    assert len(warnings) == 1  # not once per boot
+    assert warnings[0]["log_level"] == "warning"
+    assert warnings[0]["names"] == [unknown, "luo-core"]
+    assert warnings[0]["error"] == f"{DISABLE_ENV} names no installed pack: {unknown}, luo-core"
+
+
+def test_a_disable_list_of_installed_packs_warns_of_nothing(
+    make_dist: DistFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_dist.good("luo-fake-first", "first")
+    disable(monkeypatch, "luo_fake_first")
+
+    with capture_logs() as logs:
+        registry = load_plugins(discover=True, builtin=None)
+
+    assert registry.unknown_disabled == []
+    assert [e for e in logs if e["event"] == "plugin_disable_unknown"] == []
+
+
 # -- luo drivers --------------------------------------------------------------
 
 
@@ -942,7 +1030,8 @@ def test_drivers_fails_when_a_pack_failed(make_dist: DistFactory, run_luo: RunLu
     [header] = [h for h in blocks if h.startswith("luo-fake-broken 0.9  failed: ")]
     assert "needs libfakenic.so" in header
     assert "luo-fake-nic 1.0  loaded" in blocks
-    assert [x for x in err.splitlines() if "plugin_failed" in x and "luo-fake-broken" in x]
+    # The verb reports the failure itself: no log line says it a second time.
+    assert not [x for x in err.splitlines() if "plugin_failed" in x]
 
 
 def test_drivers_json_fails_when_a_pack_failed(make_dist: DistFactory, run_luo: RunLuo) -> None:

@@ -148,7 +148,11 @@ def fields_of(payload: bytes) -> dict[str, Any]:
     [
         (int, "plain int has no width"),
         (float, "supported:"),
-        (dict[str, u8], "supported:"),
+        (dict[bytes, u8], "dict keys must be str or a fixed-width integer"),
+        (dict[bool, u8], "dict keys must be str or a fixed-width integer"),
+        (dict[Mode, u8], "PhysAddr), not enum:Mode"),
+        (dict[str, float], "supported:"),
+        (dict, "supported:"),
         (set[u8], "supported:"),
         (Any, "supported:"),
         (u8 | str, "union"),
@@ -455,6 +459,242 @@ def test_decoding_refuses_maps_that_are_not_in_deterministic_order() -> None:
         "head": 2,
         "tail": 1,
     }
+
+
+# -- dict fields -------------------------------------------------------------------
+
+
+@state(compatible="luo,test-tables", version=1)
+class Tables:
+    names: dict[str, u32]
+    ports: dict[u16, str]
+    offsets: dict[s8, s64]
+    windows: dict[PhysAddr, Window]
+    queues: dict[str, Queue | None]
+    nested: dict[u8, dict[str, list[u16]]]
+    maybe: dict[str, u8] | None = None
+    empty: dict[u32, bytes] = attrs.field(factory=dict)
+
+
+def tables(**changes: Any) -> Tables:
+    values: dict[str, Any] = {
+        "names": {"eth10": 1, "eth2": 2, "lo": 0},
+        "ports": {443: "https", 22: "ssh", 65535: "top"},
+        "offsets": {5: -1, -128: 1 << 40, 0: 0},
+        "windows": {0x2000: Window(base=0x2000, pages=1), 0x1000: Window(base=0x1000, pages=2)},
+        "queues": {"rx": Queue(head=1), "tx": None},
+        "nested": {2: {"b": [1], "aa": []}, 1: {}},
+    }
+    values.update(changes)
+    return Tables(**values)
+
+
+def test_dict_fields_round_trip_with_their_key_and_value_types() -> None:
+    obj = tables(maybe={"x": 1})
+    decoded = decode_state(Tables, encode_state(obj), 1)
+    assert decoded == obj
+    assert type(decoded.windows[0x1000]) is Window and decoded.queues["tx"] is None
+    assert decoded.nested == {1: {}, 2: {"aa": [], "b": [1]}}
+    assert decoded.empty == {} and decoded.maybe == {"x": 1}
+    assert decode_state(Tables, encode_state(tables()), 1).maybe is None
+
+
+def test_str_keyed_dicts_are_canonical_maps_and_int_keyed_ones_sorted_pairs() -> None:
+    raw = fields_of(encode_state(tables()))
+    assert list(raw["names"]) == ["lo", "eth2", "eth10"]  # bytewise order of the encoded keys
+    assert raw["ports"] == [[22, "ssh"], [443, "https"], [65535, "top"]]
+    assert raw["offsets"] == [[-128, 1 << 40], [0, 0], [5, -1]]  # by value, signed
+    assert raw["windows"][0] == [0x1000, {"base": 0x1000, "pages": 2}]
+    assert raw["nested"] == [[1, {}], [2, {"b": [1], "aa": []}]]
+    assert raw["empty"] == [] and raw["maybe"] is None
+
+    @state(compatible="luo,test-small-dicts", version=1)
+    class Small:
+        s: dict[str, u8]
+        i: dict[u16, u8]
+
+    payload = encode_state(Small(s={"bb": 2, "a": 1}, i={300: 2, 1: 1}))
+    # {"i": [[1, 1], [300, 2]], "s": {"a": 1, "bb": 2}}
+    assert payload == bytes.fromhex("a26169828201018219012c026173a261610162626202")
+
+
+def test_the_insertion_order_never_changes_the_bytes() -> None:
+    one = tables()
+    other = tables(
+        names=dict(reversed(one.names.items())),
+        ports=dict(reversed(one.ports.items())),
+        offsets=dict(reversed(one.offsets.items())),
+        windows=dict(reversed(one.windows.items())),
+        nested={1: {}, 2: {"aa": [], "b": [1]}},
+    )
+    assert other == one
+    assert encode_state(other) == encode_state(one)
+    assert encode_state(decode_state(Tables, encode_state(one), 1)) == encode_state(one)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"ports": {65536: "x"}}, r"Tables\.ports\[65536\]: invalid key: 65536 is out of range"),
+        ({"ports": {-1: "x"}}, r"Tables\.ports\[-1\]: invalid key: -1 is out of range for u16"),
+        ({"ports": {True: "x"}}, r"Tables\.ports\[True\]: invalid key: expected u16, got bool"),
+        ({"ports": {"22": "x"}}, r"Tables\.ports\['22'\]: invalid key: expected u16, got str"),
+        ({"offsets": {-129: 0}}, r"Tables\.offsets\[-129\]: invalid key: .*s8 \(-128\.\.127\)"),
+        ({"offsets": {0: 1 << 63}}, r"Tables\.offsets\[0\]: \d+ is out of range for s64"),
+        ({"names": {1: 1}}, r"Tables\.names\[1\]: invalid key: expected str, got int"),
+        ({"names": {"a": 1 << 32}}, r"Tables\.names\['a'\]: \d+ is out of range for u32"),
+        ({"nested": {1: {"a": [70000]}}}, r"Tables\.nested\[1\]\['a'\]\[0\]: 70000 is out"),
+        ({"queues": {"rx": 1}}, r"Tables\.queues\['rx'\]: expected Queue, got int"),
+        ({"names": [("a", 1)]}, r"Tables\.names: expected dict, got list"),
+        ({"maybe": {"x": 256}}, r"Tables\.maybe\['x'\]: 256 is out of range for u8"),
+    ],
+)
+def test_dict_keys_and_values_are_checked_on_construction(
+    changes: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(FieldValueError, match=f"^{message}"):
+        tables(**changes)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("ports", [[65536, "x"]], r"entry 0: invalid key: 65536 is out of range .* @ \$\.ports$"),
+        ("ports", [[1, "a"], [1, "b"]], r"entry 1: key 1 is repeated @ \$\.ports$"),
+        ("ports", [[2, "a"], [1, "b"]], r"entry 1: key 1 is out of order \(after 2\) @ \$\.ports"),
+        ("ports", [["1", "a"]], r"entry 0: invalid key: expected u16, got str @ \$\.ports"),
+        ("ports", [[None, "a"]], r"entry 0: invalid key: expected u16, got NoneType"),
+        ("ports", [[1, "a", 2]], r"entry 0 is not a \[key, value\] pair @ \$\.ports"),
+        ("ports", [[1]], r"entry 0 is not a \[key, value\] pair"),
+        ("ports", [{"k": 1}], r"entry 0 is not a \[key, value\] pair"),
+        ("ports", {"1": "a"}, r"expected an array of \[key, value\] pairs, got dict @ \$\.ports"),
+        ("ports", [[1, 2]], r"expected str, got int @ \$\.ports\[1\]$"),
+        ("offsets", [[-129, 0]], r"entry 0: invalid key: -129 is out of range for s8"),
+        ("names", [["a", 1]], r"expected a map, got list @ \$\.names$"),
+        ("names", {"a": -1}, r"-1 is out of range for u32 .* @ \$\.names\['a'\]$"),
+        ("windows", [[1, {"base": 1}]], r"required field missing @ \$\.windows\[1\]\.pages"),
+        ("queues", {"rx": {"head": 1 << 16}}, r"65536 is out .* @ \$\.queues\['rx'\]\.head$"),
+        ("nested", [[1, {"a": ["x"]}]], r"expected u16, got str @ \$\.nested\[1\]\['a'\]\[0\]"),
+        ("nested", [[1, {"a": 1}]], r"expected an array, got int @ \$\.nested\[1\]\['a'\]"),
+        ("maybe", {"x": "y"}, r"expected u8, got str @ \$\.maybe\['x'\]"),
+    ],
+)
+def test_dict_payloads_that_do_not_fit_are_decode_errors_naming_the_path(
+    field: str, value: object, message: str
+) -> None:
+    raw = fields_of(encode_state(tables()))
+    raw[field] = value
+    with pytest.raises(DecodeError, match=f"^luo,test-tables v1: {message}"):
+        decode_state(Tables, encode_canonical(raw), 1)
+
+
+def test_every_bad_dict_entry_is_reported_and_long_keys_are_cut() -> None:
+    raw = fields_of(encode_state(tables()))
+    raw["names"] = {"k" * 100: -1, "a": "x"}
+    with pytest.raises(DecodeError) as caught:
+        decode_state(Tables, encode_canonical(raw), 1)
+    message = str(caught.value)
+    assert "expected u32, got str @ $.names['a']" in message
+    assert f"@ $.names['{'k' * 29}...']" in message
+    assert "k" * 40 not in message and "\n" not in message
+
+
+def test_a_dict_changed_after_construction_cannot_be_encoded_with_a_bad_key() -> None:
+    obj = tables()
+    obj.ports["x"] = "y"  # type: ignore[index]
+    with pytest.raises(SchemaError, match=r"^luo,test-tables v1: cannot encode dict key 'x'"):
+        encode_state(obj)
+    obj = tables()
+    obj.names[1] = 1  # type: ignore[index]
+    with pytest.raises(SchemaError, match=r"cannot encode map key 1 at .*: keys are text"):
+        encode_state(obj)
+
+
+@attrs.frozen
+class Routes:
+    table: dict[u16, str]
+
+
+def test_dicts_inside_nested_classes_and_lists_round_trip_and_are_checked() -> None:
+    @state(compatible="luo,test-nested-dicts", version=1)
+    class Nested:
+        routes: Routes
+        history: list[dict[u16, Routes]]
+
+    obj = Nested(Routes({3: "c", 1: "a"}), [{2: Routes({})}, {}])
+    assert fields_of(encode_state(obj)) == {
+        "routes": {"table": [[1, "a"], [3, "c"]]},
+        "history": [[[2, {"table": []}]], []],
+    }
+    assert decode_state(Nested, encode_state(obj), 1) == obj
+    with pytest.raises(FieldValueError, match=r"^Nested\.routes\.table\[70000\]: invalid key"):
+        Nested(Routes({70000: "x"}), [])
+    with pytest.raises(FieldValueError, match=r"^Nested\.history\[0\]\[1\]\.table\[2\]: expected"):
+        Nested(Routes({}), [{1: Routes({2: 3})}])  # type: ignore[dict-item]
+    raw = {"routes": {"table": [[1, "a"]]}, "history": [[[2, {"table": [[5, 1]]}]]]}
+    with pytest.raises(DecodeError, match=r"@ \$\.history\[0\]\[2\]\.table\[5\]$"):
+        decode_state(Nested, encode_canonical(raw), 1)
+
+
+def test_dict_type_names_in_the_manifest() -> None:
+    entry = manifest_entry(Tables)
+    types = {f["name"]: f["type"] for f in entry["fields"]}
+    assert types == {
+        "names": "dict[str, u32]",
+        "ports": "dict[u16, str]",
+        "offsets": "dict[s8, s64]",
+        "windows": "dict[phys_addr, struct:Window]",
+        "queues": "dict[str, optional[state:luo,test-queue]]",
+        "nested": "dict[u8, dict[str, list[u16]]]",
+        "maybe": "optional[dict[str, u8]]",
+        "empty": "dict[u32, bytes]",
+    }
+    assert set(entry["structs"]) == {"struct:Window", "state:luo,test-queue"}
+
+
+def test_a_migration_or_writer_sees_int_keyed_dicts_as_sorted_pairs() -> None:
+    @state(compatible="luo,test-ports", version=1)
+    class PortsV1:
+        ports: list[u16]
+
+    @state(compatible="luo,test-ports", version=2, min_version=1)
+    class PortsV2:
+        ports: dict[u16, str]
+
+    @schema_of(PortsV2).migration(from_version=1)
+    def name_ports(fields: dict[str, Any]) -> dict[str, Any]:
+        fields["ports"] = [[port, ""] for port in sorted(set(fields["ports"]))]
+        return fields
+
+    @schema_of(PortsV2).writes(version=1)
+    def drop_names(obj: PortsV2) -> dict[str, Any]:
+        return {"ports": sorted(obj.ports)}
+
+    old = encode_state(PortsV1(ports=[443, 22]))
+    assert decode_state(PortsV2, old, 1) == PortsV2(ports={22: "", 443: ""})
+    new = PortsV2(ports={443: "https", 22: "ssh"})
+    assert decode_state(PortsV1, encode_state(new, version=1), 1) == PortsV1(ports=[22, 443])
+
+
+def test_a_writer_must_write_int_keyed_dicts_as_pairs() -> None:
+    @state(compatible="luo,test-writer-dict", version=2)
+    class Holder:
+        ports: dict[u16, str]
+
+    @schema_of(Holder).writes(version=1)
+    def as_is(obj: Holder) -> dict[str, Any]:
+        return {"ports": obj.ports}
+
+    with pytest.raises(SchemaError, match=r"map key 1 at \$\.ports: .*\[key, value\] pairs"):
+        encode_state(Holder(ports={1: "a"}), version=1)
+
+    @state(compatible="luo,test-writer-dict", version=1)
+    class Older:
+        ports: dict[u16, str]
+
+    schema_of(Holder).writers[1] = lambda obj: {"ports": sorted(obj.ports.items())}
+    payload = encode_state(Holder(ports={2: "b", 1: "a"}), version=1)
+    assert decode_state(Older, payload, 1) == Older(ports={1: "a", 2: "b"})
 
 
 # -- sections ----------------------------------------------------------------------

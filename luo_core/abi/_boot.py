@@ -38,7 +38,7 @@ PluginFactory = str | types.ModuleType | Callable[[], object]
 
 def _check_factory(value: object) -> PluginFactory:
     if isinstance(value, str):
-        if len(value) > 200 or not _REF.match(value):
+        if len(value) > 200 or not _REF.fullmatch(value):
             raise PluginError(f"plugin reference {value!r} is not 'module' or 'module:attr'")
         return value
     if isinstance(value, types.ModuleType) or callable(value):

@@ -5,6 +5,10 @@ strings; every map is emitted with its keys in RFC 8949 §4.2.1 order (sorted
 bytewise by their *encoded* form) and cbor2 writes shortest-form integers and
 lengths.  No floats, no tags, no indefinite lengths.
 
+A ``dict[K, V]`` field is a map when ``K`` is ``str``, and an array of
+``[key, value]`` pairs sorted by key when ``K`` is an integer type (CBOR map
+keys are text here), so its bytes never depend on insertion order.
+
 Reading treats the bytes as hostile.  :func:`scan` walks them once, without
 recursion, before cbor2 sees them, and refuses anything this layer would not
 have written: other major types, tags, floats, indefinite lengths,
@@ -29,7 +33,7 @@ import cattrs.gen
 import cattrs.v
 import cbor2
 
-from luo_core.abi._types import EnumType, Invalid, field_type, int_spec
+from luo_core.abi._types import DictType, EnumType, Invalid, field_type, int_spec, show_key
 from luo_core.errors import DecodeError, FieldValueError, SchemaError
 
 MAX_DEPTH: Final = 32
@@ -68,7 +72,10 @@ def canonical(value: object, path: str = "$") -> object:
         assert isinstance(value, dict)
         for key in value:
             if type(key) is not str:
-                raise SchemaError(f"cannot encode map key {key!r} at {path}: keys are text")
+                raise SchemaError(
+                    f"cannot encode map key {show_key(key)} at {path}: keys are text "
+                    "(a dict with integer keys is written as [key, value] pairs sorted by key)"
+                )
         return {
             key: canonical(value[key], f"{path}.{key}") for key in sorted(value, key=encoded_key)
         }
@@ -276,6 +283,10 @@ def _is_sequence(tp: Any) -> bool:
     return typing.get_origin(tp) is list or typing.get_origin(tp) is tuple
 
 
+def _is_dict(tp: Any) -> bool:
+    return typing.get_origin(tp) is dict
+
+
 def _is_class(tp: Any) -> bool:
     return isinstance(tp, type) and attrs.has(tp)
 
@@ -296,6 +307,85 @@ def _make_converter() -> cattrs.Converter:
 
         return hook
 
+    def dict_structure_hook(tp: Any) -> Callable[[Any, Any], Any]:
+        ftype = field_type(tp)
+        assert isinstance(ftype, DictType)
+        key_type, value_tp = ftype.key, typing.get_args(tp)[1]
+        structure_value = converter.get_structure_hook(value_tp)
+
+        def entry(key: Any, item: Any, errors: list[Exception], into: dict[Any, Any]) -> None:
+            try:
+                into[key] = structure_value(item, value_tp)
+            except Exception as exc:
+                shown = key if type(key) is int or len(key) <= 32 else key[:29] + "..."
+                note = cattrs.IterableValidationNote(
+                    f"Structuring dict value @ key {shown!r}", shown, value_tp
+                )
+                exc.__notes__ = [*getattr(exc, "__notes__", []), note]
+                errors.append(exc)
+
+        def done(result: dict[Any, Any], errors: list[Exception]) -> dict[Any, Any]:
+            if errors:
+                raise cattrs.IterableValidationError(f"While structuring {tp!r}", errors, tp)
+            return result
+
+        def str_keys(value: Any, _tp: Any) -> dict[Any, Any]:
+            if type(value) is not dict:
+                raise FieldValueError(f"expected a map, got {type(value).__name__}")
+            result: dict[Any, Any] = {}
+            errors: list[Exception] = []
+            for key, item in value.items():
+                if type(key) is not str:  # the scanner admits only text keys
+                    raise FieldValueError(f"key {show_key(key)} is not a str")
+                entry(key, item, errors, result)
+            return done(result, errors)
+
+        def int_keys(value: Any, _tp: Any) -> dict[Any, Any]:
+            if type(value) is not list:
+                raise FieldValueError(
+                    f"expected an array of [key, value] pairs, got {type(value).__name__}"
+                )
+            result: dict[Any, Any] = {}
+            errors: list[Exception] = []
+            previous: int | None = None
+            for index, pair in enumerate(value):
+                if type(pair) is not list or len(pair) != 2:
+                    raise FieldValueError(f"entry {index} is not a [key, value] pair")
+                key, item = pair
+                try:
+                    key_type.check(key)
+                except Invalid as exc:
+                    raise FieldValueError(f"entry {index}: invalid key: {exc.reason}") from None
+                if previous is not None and key <= previous:
+                    word = "repeated" if key == previous else f"out of order (after {previous})"
+                    raise FieldValueError(f"entry {index}: key {key} is {word}")
+                previous = key
+                entry(key, item, errors, result)
+            return done(result, errors)
+
+        return int_keys if ftype.int_keys else str_keys
+
+    def dict_unstructure_hook(tp: Any) -> Callable[[Any], Any]:
+        ftype = field_type(tp)
+        assert isinstance(ftype, DictType)
+        key_type, value_tp = ftype.key, typing.get_args(tp)[1]
+        unstructure_value = converter.get_unstructure_hook(value_tp)
+
+        def str_keys(value: Any) -> Any:
+            return {key: unstructure_value(item) for key, item in value.items()}
+
+        def int_keys(value: Any) -> Any:
+            for key in value:
+                try:
+                    key_type.check(key)
+                except Invalid as exc:
+                    raise SchemaError(
+                        f"cannot encode dict key {show_key(key)}: {exc.reason}"
+                    ) from None
+            return [[key, unstructure_value(value[key])] for key in sorted(value)]
+
+        return int_keys if ftype.int_keys else str_keys
+
     def class_hook(tp: Any) -> Callable[[Any, Any], Any]:
         inner = cattrs.gen.make_dict_structure_fn(tp, converter)
 
@@ -311,6 +401,8 @@ def _make_converter() -> cattrs.Converter:
         converter.register_structure_hook(scalar, _checking_hook(scalar))
     converter.register_structure_hook_factory(_is_enum, _enum_hook)
     converter.register_structure_hook_factory(_is_sequence, sequence_hook)
+    converter.register_structure_hook_factory(_is_dict, dict_structure_hook)
+    converter.register_unstructure_hook_factory(_is_dict, dict_unstructure_hook)
     converter.register_structure_hook_factory(_is_class, class_hook)
     return converter
 

@@ -37,7 +37,7 @@ def encode_state(obj: object, *, version: int | None = None) -> bytes:
     schema = schema_of(type(obj))
     schema.ensure_complete()
     if version is None or version == schema.version:
-        fields: Fields = converter.unstructure(obj, type(obj))
+        fields: Fields = _unstructure(schema, schema.version, obj, type(obj))
         for spec in schema.sections.values():
             values = {name: fields.pop(name) for name in spec.fields}
             if spec.needed(obj):
@@ -55,7 +55,7 @@ def encode_state(obj: object, *, version: int | None = None) -> bytes:
                 f"{schema.compatible}: the v{version} writer returned "
                 f"{type(produced).__name__}, not a dict"
             )
-        fields = {key: converter.unstructure(value) for key, value in produced.items()}
+        fields = _unstructure(schema, version, produced)
     else:
         raise SchemaError(
             f"{schema.compatible}: no rollback writer for v{version} "
@@ -65,6 +65,14 @@ def encode_state(obj: object, *, version: int | None = None) -> bytes:
         return encode_canonical(fields)
     except SchemaError as exc:
         raise SchemaError(f"{schema.compatible} v{version or schema.version}: {exc}") from None
+
+
+def _unstructure(schema: Schema[Any], version: int, value: object, tp: Any = None) -> Any:
+    """``value`` as plain data; a value that cannot be written names the record."""
+    try:
+        return converter.unstructure(value, tp)
+    except SchemaError as exc:
+        raise SchemaError(f"{schema.compatible} v{version}: {exc}") from None
 
 
 def decode_state(cls: type[T], payload: bytes, version: int) -> T:

@@ -61,7 +61,7 @@ def seal(
     compatible: str, version: int, payload: bytes, *, max_payload: int = MAX_PAYLOAD
 ) -> bytes:
     """Wrap ``payload`` in an envelope naming its ``compatible`` and ``version``."""
-    if not isinstance(compatible, str) or not COMPATIBLE.match(compatible):
+    if not isinstance(compatible, str) or not COMPATIBLE.fullmatch(compatible):
         raise EnvelopeError(f"compatible {compatible!r} must be 1-63 chars of [a-z0-9,._+-]")
     if type(version) is not int or not 0 <= version < 1 << 32:
         raise EnvelopeError(f"{compatible}: version {version!r} does not fit a u32")
@@ -89,7 +89,7 @@ def unseal(blob: bytes | bytearray | memoryview, *, max_payload: int = MAX_PAYLO
         )
     raw = body[_NAME_LEN.size : _NAME_LEN.size + length]
     compatible = raw.decode("ascii", errors="replace")
-    if not raw.isascii() or not COMPATIBLE.match(compatible):
+    if not raw.isascii() or not COMPATIBLE.fullmatch(compatible):
         raise EnvelopeError(f"record compatible {compatible!r} is not a valid compatible")
     (version,) = _VERSION.unpack_from(body, start - _VERSION.size)
     payload = body[start:]

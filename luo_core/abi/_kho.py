@@ -43,7 +43,7 @@ def align_up(value: int, alignment: int) -> int:
 
 
 def check_name(name: str, what: str) -> None:
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise HandoffError(f"{what} {name!r} is not 1-128 chars of [a-z0-9,._:+-]")
 
 
@@ -221,8 +221,8 @@ def _node(item: object, where: str) -> KhoNode:
         and _is_u64(item[2])
         and _is_u64(item[3])
         and _is_u64(item[4])
-        and _NAME.match(item[0])
-        and _NAME.match(item[1])
+        and _NAME.fullmatch(item[0])
+        and _NAME.fullmatch(item[1])
     ):
         raise HandoffError(f"{where}: malformed node ({_shape(item)})")
     return KhoNode(item[0], item[1], item[2], item[3], item[4])

@@ -35,7 +35,7 @@ def _params(value: Mapping[str, int] | None) -> Mapping[str, int]:
     if len(items) > MAX_PARAMS:
         raise MachineError(f"a device takes at most {MAX_PARAMS} parameters, not {len(items)}")
     for key, item in items.items():
-        if not isinstance(key, str) or not _PARAM.match(key):
+        if not isinstance(key, str) or not _PARAM.fullmatch(key):
             raise MachineError(f"parameter name {key!r} must be 1-32 chars of [a-z0-9_]")
         if type(item) is not int or not 0 <= item < _U64:
             raise MachineError(f"parameter {key}={item!r} is not a u64")
@@ -107,10 +107,10 @@ class Machine:
         params: Mapping[str, int] | None = None,
     ) -> DeviceSpec:
         """Add a device; ``parent`` must already exist."""
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise MachineError(f"device name {name!r} must be 1-64 chars of [A-Za-z0-9:._+-]")
         for what, word in (("bus", bus), ("compatible", compatible)):
-            if not isinstance(word, str) or not _WORD.match(word):
+            if not isinstance(word, str) or not _WORD.fullmatch(word):
                 raise MachineError(
                     f"device {name}: {what} {word!r} is not 1-63 chars of [a-z0-9,._+-]"
                 )
@@ -144,7 +144,7 @@ class Machine:
         Each PCI function gets its own IOMMU group unless ``iommu_group`` puts
         it in an existing one (a function behind a bridge without ACS, say).
         """
-        if not isinstance(bdf, str) or not _BDF.match(bdf):
+        if not isinstance(bdf, str) or not _BDF.fullmatch(bdf):
             raise MachineError(f"{bdf!r} is not a PCI address (dddd:bb:dd.f, lowercase hex)")
         group = next(self._groups) if iommu_group is None else iommu_group
         return self.add(

@@ -1,34 +1,33 @@
-"""ABI manifest entries for state classes, and the checker that compares two of them.
+"""ABI manifest entries for state classes: describing one, checking one, comparing two.
 
 :func:`manifest_entry` describes a ``@state`` class as stable, JSON-ready
-data.  :func:`compare_entries` plays QEMU's vmstate-static-checker: given the
-entry of the running kernel (``old``) and of the target (``new``) it checks
-both directions -- *update* (can ``new`` read what ``old`` writes?) and
+data.  :func:`check_entry` validates an entry read from a file, which is
+hostile: every key, type string and number, with the path of the first
+problem.  :func:`compare_entries` plays QEMU's vmstate-static-checker: given
+the entry of the running kernel (``old``) and of the target (``new``) it
+checks both directions -- *update* (can ``new`` read what ``old`` writes?) and
 *rollback* (can ``old`` read what ``new`` can write?) -- and, when a version
 number stayed the same, that the layout did not change under it.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 import attrs
 
+from luo_core.abi._manifest_check import (
+    _INT_RANGES,
+    TypeName,
+    check_entry,
+    parse_type,
+)
 from luo_core.abi._schema import FieldSpec, schema_of
 from luo_core.abi._types import ClassType, FieldType
 
 Level = Literal["error", "warning", "info"]
 Direction = Literal["update", "rollback"]
-
-_INT_RANGES: Final = {
-    **{f"u{bits}": (0, (1 << bits) - 1) for bits in (8, 16, 32, 64)},
-    **{f"s{bits}": (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) for bits in (8, 16, 32, 64)},
-    "phys_addr": (0, (1 << 64) - 1),
-}
-_WRAPPED: Final = re.compile(r"^(list|optional)\[(.*)\]$|^tuple\[(.*), \.\.\.\]$")
-_ENUM: Final = re.compile(r"^enum:[^{]*\{(.*)\}$")
 
 
 @attrs.frozen
@@ -89,7 +88,17 @@ def _collect_structs(ftype: FieldType, into: dict[str, list[dict[str, Any]]]) ->
 
 
 def compare_entries(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Finding]:
-    """What goes wrong handing state from ``old`` to ``new`` (update) and back (rollback)."""
+    """What goes wrong handing state from ``old`` to ``new`` (update) and back (rollback).
+
+    Both entries are checked first (:class:`ManifestError` for a malformed one).
+    """
+    check_entry(old, "old")
+    check_entry(new, "new")
+    return compare_checked(old, new)
+
+
+def compare_checked(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Finding]:
+    """:func:`compare_entries` for entries already checked (by :func:`check_entry`)."""
     if old["compatible"] != new["compatible"]:
         message = f"compatible changed from {old['compatible']!r} to {new['compatible']!r}"
         return [Finding("error", "update", message), Finding("error", "rollback", message)]
@@ -103,14 +112,34 @@ def _update(old: Mapping[str, Any], new: Mapping[str, Any]) -> Iterator[Finding]
     elif written < low:
         yield Finding("error", "update", f"old writes v{written}; new reads only from v{low}")
     elif written < high:
-        missing = [step for step in range(written, high) if step not in new["migrations"]]
-        if missing:
-            gaps = ", ".join(f"v{step}->v{step + 1}" for step in missing)
+        gaps = _gaps(written, high, new["migrations"])
+        if gaps:
             yield Finding("error", "update", f"new has no migration for {gaps}")
         else:
             yield Finding("info", "update", f"new migrates old's v{written} records to v{high}")
     else:
         yield from _layout("update", reader=new, writer=old)
+
+
+def _gaps(written: int, high: int, migrations: Iterable[int], shown: int = 5) -> str:
+    """The steps from ``written`` to ``high`` without a migration, as runs: a version
+    range can span 2**32 steps, so the steps themselves are never listed one by one."""
+    runs: list[tuple[int, int]] = []
+    step = written
+    for start in sorted(m for m in set(migrations) if written <= m < high):
+        if start > step:
+            runs.append((step, start - 1))
+        step = start + 1
+    if step < high:
+        runs.append((step, high - 1))
+    text = []
+    for first, last in runs[:shown]:
+        if last - first < 3:
+            text += [f"v{s}->v{s + 1}" for s in range(first, last + 1)]
+        else:
+            text.append(f"v{first}->v{first + 1} ... v{last}->v{last + 1} ({last - first + 1})")
+    more = f" and {len(runs) - shown} more gaps" if len(runs) > shown else ""
+    return ", ".join(text) + more
 
 
 def _rollback(old: Mapping[str, Any], new: Mapping[str, Any]) -> Iterator[Finding]:
@@ -128,7 +157,7 @@ def _rollback(old: Mapping[str, Any], new: Mapping[str, Any]) -> Iterator[Findin
                 f"new hands state back as v{max(usable)} with its rollback writer",
             )
         else:
-            writers = ", ".join(f"v{v}" for v in new["writes"]) or "none"
+            writers = ", ".join(f"v{v}" for v in sorted(new["writes"])) or "none"
             yield Finding(
                 "error",
                 "rollback",
@@ -166,7 +195,7 @@ def _layout(
                 f"section {name!r} is unknown to {check.reader}, which refuses records "
                 f"carrying it; changing sections needs a version bump (or optional=True)",
             )
-    for name in ours.keys() - theirs.keys():
+    for name in sorted(ours.keys() - theirs.keys()):
         yield check.finding(
             "info", f"section {name!r} is never written by {check.writer}; defaults are used"
         )
@@ -219,7 +248,7 @@ class _Checker:
                 )
 
     def types(self, where: str, written: str, read: str) -> Iterator[Finding]:
-        relation = _relation(written, read)
+        relation = _relation(parse_type(written), parse_type(read))
         if relation == "same":
             return
         change = f"{written} -> {read}" if self.direction == "update" else f"{read} -> {written}"
@@ -238,12 +267,15 @@ class _Checker:
             yield self.finding("error", f"{where}: retyped {change} without a version bump")
 
 
-def _relation(written: str, read: str) -> str:
+Relation = Literal["same", "wider", "narrower", "different"]
+
+
+def _relation(written: TypeName, read: TypeName) -> Relation:
     """How the type ``read`` relates to ``written``: same, wider, narrower or different."""
-    if written == read:
+    if written.text == read.text:
         return "same"
-    if written in _INT_RANGES and read in _INT_RANGES:
-        (wlo, whi), (rlo, rhi) = _INT_RANGES[written], _INT_RANGES[read]
+    if written.kind == read.kind == "int":
+        (wlo, whi), (rlo, rhi) = _INT_RANGES[written.text], _INT_RANGES[read.text]
         if (wlo, whi) == (rlo, rhi):
             return "same"
         if rlo <= wlo and whi <= rhi:
@@ -251,25 +283,25 @@ def _relation(written: str, read: str) -> str:
         if wlo <= rlo and rhi <= whi:
             return "narrower"
         return "different"
-    enums = _ENUM.match(written), _ENUM.match(read)
-    if enums[0] and enums[1]:
-        wset, rset = (set(m.group(1).split(",")) for m in (enums[0], enums[1]))
+    if written.kind == read.kind == "enum":
+        wset, rset = written.members, read.members
         if wset == rset:
             return "same"
         return "wider" if wset < rset else "narrower" if rset < wset else "different"
-    wrapped = _WRAPPED.match(written), _WRAPPED.match(read)
-    if wrapped[0] and wrapped[1]:
-        (wkind, winner), (rkind, rinner) = (_unwrap(m) for m in (wrapped[0], wrapped[1]))
-        if wkind == rkind:
-            return _relation(winner, rinner)
-    if read == f"optional[{written}]":
+    if written.kind == read.kind and written.args:
+        # list, tuple, optional and dict: as their parts are (a dict's key and value).
+        return _combined(_relation(w, r) for w, r in zip(written.args, read.args, strict=True))
+    if read.kind == "optional" and _relation(written, read.args[0]) in ("same", "wider"):
         return "wider"
-    if written == f"optional[{read}]":
+    if written.kind == "optional" and _relation(written.args[0], read) in ("same", "narrower"):
         return "narrower"
     return "different"
 
 
-def _unwrap(match: re.Match[str]) -> tuple[str, str]:
-    if match.group(3) is not None:
-        return "tuple", match.group(3)
-    return match.group(1), match.group(2)
+def _combined(relations: Iterable[Relation]) -> Relation:
+    found = set(relations) - {"same"}
+    if not found:
+        return "same"
+    if len(found) == 1:
+        return found.pop()
+    return "different"

@@ -63,7 +63,7 @@ def section(name: str, *, needed: Callable[[Any], bool], optional: bool = False)
     fields of one section share one ``section(...)`` value.  ``optional=True``
     lets readers that do not know the section ignore it.
     """
-    if not isinstance(name, str) or not _SECTION_NAME.match(name):
+    if not isinstance(name, str) or not _SECTION_NAME.fullmatch(name):
         raise SchemaError(f"section name {name!r} must be 1-63 chars of [a-z0-9_-]")
     if not callable(needed):
         raise SchemaError(f"section {name!r}: needed must be callable")
@@ -184,7 +184,7 @@ def state(
     ``version``) the oldest record it can still read through migrations.
     """
     lowest = version if min_version is None else min_version
-    if not isinstance(compatible, str) or not COMPATIBLE.match(compatible):
+    if not isinstance(compatible, str) or not COMPATIBLE.fullmatch(compatible):
         raise SchemaError(f"compatible {compatible!r} must be 1-63 chars of [a-z0-9,._+-]")
     if not _is_int(version) or not _is_int(lowest) or not 1 <= lowest <= version:
         raise SchemaError(

@@ -2,8 +2,9 @@
 
 A preserved-state field is one of: a fixed-width integer (``u8`` .. ``s64``,
 ``PhysAddr``), ``bool``, ``bytes``, ``str``, an ``enum.Enum`` with int or str
-values, ``list[T]`` or ``tuple[T, ...]``, ``T | None``, or a nested class
-(another ``@state`` class, or a plain attrs class made of supported types).
+values, ``list[T]`` or ``tuple[T, ...]``, ``dict[K, V]`` (``K`` is ``str`` or
+a fixed-width integer), ``T | None``, or a nested class (another ``@state``
+class, or a plain attrs class made of supported types).
 :func:`field_type` turns an annotation into a :class:`FieldType` that checks
 values and names itself in the ABI manifest; anything else is refused.
 
@@ -154,6 +155,52 @@ class SequenceType(FieldType):
         return (self.item,)
 
 
+class DictType(FieldType):
+    """``dict[K, V]``: ``K`` is ``str`` or a fixed-width integer, ``V`` any field type.
+
+    Its manifest name is ``dict[str, V]`` or ``dict[u32, V]`` (the names of
+    ``K`` and ``V``).  The encoding does not depend on insertion order: a dict
+    with ``str`` keys is a CBOR map (keys in canonical order, like every map);
+    one with integer keys is an array of ``[key, value]`` pairs sorted by key.
+    """
+
+    def __init__(self, key: FieldType, value: FieldType) -> None:
+        if not isinstance(key, IntType) and not (
+            isinstance(key, ScalarType) and key.python_type is str
+        ):
+            raise Invalid(
+                f"dict keys must be str or a fixed-width integer (u8..u64, s8..s64, "
+                f"PhysAddr), not {key.name}"
+            )
+        self.key = key
+        self.value = value
+        self.int_keys = isinstance(key, IntType)
+        self.name = f"dict[{key.name}, {value.name}]"
+
+    def check(self, value: object) -> None:
+        if type(value) is not dict:
+            raise Invalid(f"expected dict, got {type(value).__name__}")
+        assert isinstance(value, dict)
+        for key, item in value.items():
+            try:
+                self.key.check(key)
+            except Invalid as exc:
+                raise Invalid(f"invalid key: {exc.reason}", f"[{show_key(key)}]") from None
+            try:
+                self.value.check(item)
+            except Invalid as exc:
+                raise exc.inside(f"[{show_key(key)}]") from None
+
+    def children(self) -> tuple[FieldType, ...]:
+        return (self.key, self.value)
+
+
+def show_key(key: object, limit: int = 40) -> str:
+    """A dict key as an error message shows it: its ``repr``, cut after ``limit`` chars."""
+    shown = repr(key)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
 class OptionalType(FieldType):
     def __init__(self, inner: FieldType) -> None:
         self.inner = inner
@@ -243,6 +290,8 @@ def _analyse(tp: object) -> FieldType:
         return SequenceType(field_type(args[0]), list)
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
         return SequenceType(field_type(args[0]), tuple)
+    if origin is dict and len(args) == 2:
+        return DictType(field_type(args[0]), field_type(args[1]))
     if origin in (typing.Union, types.UnionType):
         others = [arg for arg in args if arg is not type(None)]
         if len(args) == 2 and len(others) == 1:
@@ -256,7 +305,7 @@ def _analyse(tp: object) -> FieldType:
         raise Invalid("plain int has no width: use u8..u64, s8..s64 or PhysAddr")
     raise Invalid(
         "supported: u8..u64, s8..s64, PhysAddr, bool, bytes, str, Enum, "
-        "list[T], tuple[T, ...], T | None, @state or attrs classes"
+        "list[T], tuple[T, ...], dict[K, V], T | None, @state or attrs classes"
     )
 
 

@@ -13,20 +13,37 @@ import argparse
 import contextlib
 import json
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from luo_core.abi._boot import KernelConfig
+from luo_core.abi._boot import MAX_WORKERS, KernelConfig
 from luo_core.abi._stats import UpdateStats
-from luo_core.cli._args import positive_int
+from luo_core.cli._args import (
+    Progress,
+    UsageError,
+    check_writable,
+    dumps,
+    int_range,
+    non_empty,
+    output_file,
+    paragraph,
+)
 from luo_core.errors import DeviceError, NotFoundError
 from luo_core.kexec import KernelProcess
 from luo_core.platform import EXAMPLE_NIC, Hardware, HardwareProcess, default_host
 
 RX_PPS = 100_000
 """Frames per second each NIC of the demo host receives from its link."""
+
+Say = Callable[[str], None]
+
+
+def _quiet(_text: str) -> None:
+    pass
 
 
 @attrs.frozen
@@ -40,22 +57,60 @@ class _Seen:
 
 
 def add_parser(verbs: Any) -> None:
-    parser = verbs.add_parser("demo", help="live-update the built-in host and report")
-    parser.add_argument("--json", action="store_true", help="print a JSON summary")
-    parser.add_argument("--trace", type=Path, metavar="FILE", help="write a Chrome/Perfetto trace")
-    parser.add_argument(
-        "--save-handoff", type=Path, metavar="FILE", help="write the handoff (for luo inspect)"
+    parser = verbs.add_parser(
+        "demo",
+        help="live-update the built-in host and report",
+        description=paragraph(
+            "Run one complete live update of the built-in host (a PCI root, two bridges, "
+            "three example NICs receiving frames, one device with no driver) and report "
+            "it: the process ids, the packs, the device tree with each device's fate, the "
+            "frames each NIC received across the kexec, each phase's duration and the "
+            "blackout.  The hardware and each kernel run in processes of their own unless "
+            "--inproc is given.  On a terminal, stderr shows which step is running."
+        ),
+        epilog=(
+            "examples:\n"
+            "  luo demo\n"
+            "  luo demo --json --trace trace.json    # then open trace.json in Perfetto\n"
+            "  luo demo --save-handoff h.luo && luo inspect h.luo"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--workers", type=positive_int, default=1, help="run independent subtrees concurrently"
+        "--json", action="store_true", help="print a JSON summary instead of text (default: text)"
     )
     parser.add_argument(
-        "--inproc", action="store_true", help="kexec inside this process (fast, for tests)"
+        "--trace",
+        type=output_file,
+        metavar="FILE",
+        help="also write a Chrome/Perfetto trace to FILE (default: none)",
+    )
+    parser.add_argument(
+        "--save-handoff",
+        type=output_file,
+        metavar="FILE",
+        help="also write the handoff to FILE, for luo inspect (default: none)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int_range(1, MAX_WORKERS),
+        default=1,
+        metavar="N",
+        help=f"threads for independent device subtrees: 1 to {MAX_WORKERS}, default 1",
+    )
+    parser.add_argument(
+        "--inproc",
+        action="store_true",
+        help="run both kernels in this process (faster, checks less; default: processes)",
     )
     parser.add_argument(
         "--next-python",
+        type=non_empty,
         metavar="PATH",
-        help="boot the next kernel with this interpreter (another environment, other packs)",
+        help=(
+            "boot the next kernel with this interpreter, i.e. another environment with "
+            "other packs (default: this one; not with --inproc)"
+        ),
     )
     parser.set_defaults(run=run)
 
@@ -69,29 +124,36 @@ def run_process(
     save_handoff: Path | None = None,
     next_python: str | None = None,
     log: str = "warning",
+    progress: Say = _quiet,
 ) -> tuple[UpdateStats, dict[str, Any]]:
     """The demo with the hardware and every kernel in processes of their own."""
     machine = default_host(rx_pps=RX_PPS)
     nics = [n for n, d in machine.devices.items() if d.compatible == EXAMPLE_NIC]
     config = KernelConfig(workers=workers)
+    progress("powering on the hardware")
     with HardwareProcess(machine, log=log) as hardware:
+        progress("booting the first kernel")
         kernel = KernelProcess.boot(hardware, config, log=log)
         try:
+            progress("requesting devices, running the NICs' workload")
             refused = _request_leaves(kernel, machine.devices, kernel.devices().values())
             for nic in nics:
                 with contextlib.suppress(NotFoundError):  # without the example pack, no traffic
                     kernel.workload("example-nic", nic)
+            progress("prepare (starting and warming the next kernel)")
             kernel.prepare(next_python=next_python)
             before = _nic_counters(hardware, nics)
             old_pid = kernel.pid
+            progress("freeze, kexec, restore")
             kernel = kernel.kexec()
             after = _nic_counters(hardware, nics)
             if save_handoff is not None:
                 save_handoff.write_bytes(kernel.handoff())
             devices = kernel.devices()
+            progress("finish")
             kernel.finish()
             stats = kernel.stats
-            packs = kernel.packs()
+            packs = [_pack(text) for text in kernel.packs()]
             number = kernel.liveupdate_number
             pids = {"hardware": hardware.pid, "old": old_pid, "new": kernel.pid}
         finally:
@@ -103,7 +165,7 @@ def run_process(
 
 
 def run_inproc(
-    workers: int = 1, save_handoff: Path | None = None
+    workers: int = 1, save_handoff: Path | None = None, progress: Say = _quiet
 ) -> tuple[UpdateStats, dict[str, Any]]:
     """The demo with both kernels in this process (the hardware's models run on threads)."""
     from luo_core.abi import save_image
@@ -111,8 +173,11 @@ def run_inproc(
 
     machine = default_host(rx_pps=RX_PPS)
     nics = [n for n, d in machine.devices.items() if d.compatible == EXAMPLE_NIC]
+    progress("powering on the hardware")
     with Hardware(machine) as hardware:
+        progress("booting the first kernel")
         kernel = Kernel.boot(hardware, workers=workers)
+        progress("requesting devices, running the NICs' workload")
         refused = _request_leaves(kernel, machine.devices, kernel.devices.devices())
         traffic = [
             c.workload
@@ -123,8 +188,10 @@ def run_inproc(
         for nic in nics:
             for workload in traffic:
                 workload(kernel.devices[nic])
+        progress("prepare")
         kernel.prepare()
         before = _nic_counters(hardware, nics)
+        progress("freeze, kexec, restore")
         new = kernel.kexec()
         after = _nic_counters(hardware, nics)
         if save_handoff is not None and new.kho_root is not None:
@@ -133,8 +200,12 @@ def run_inproc(
             d.name: _Seen(d.name, d.driver.name if d.driver else None, d.preserved, d.reclaimed)
             for d in new.devices.devices()
         }
+        progress("finish")
         new.finish()
-        packs = [f"{p.origin} {p.status}" for p in new.registry.packs]
+        packs = [
+            {"name": p.origin.distribution, "version": p.origin.version, "status": p.status}
+            for p in new.registry.packs
+        ]
         stats = new.stats
         pid = os.getpid()
         number = new.liveupdate_number
@@ -143,6 +214,20 @@ def run_inproc(
     pids = {"hardware": pid, "old": pid, "new": pid}
     summary = _summary("inproc", pids, number, packs, devices, refused, before, after, stats)
     return stats, summary
+
+
+def _pack(text: str) -> dict[str, str | None]:
+    """A kernel process's ``distribution version status`` line, as an object."""
+    parts = text.split(" ")
+    if len(parts) != 3:
+        return {"name": text, "version": None, "status": None}
+    name, version, status = parts
+    return {"name": name, "version": version, "status": status}
+
+
+def mac_address(value: int) -> str:
+    """A MAC address as ``aa:bb:cc:dd:ee:ff`` (the low 48 bits of a register)."""
+    return ":".join(f"{byte:02x}" for byte in (value & (1 << 48) - 1).to_bytes(6, "big"))
 
 
 def _request_leaves(kernel: Any, specs: dict[str, Any], devices: Any) -> dict[str, str]:
@@ -164,7 +249,7 @@ def _summary(
     mode: str,
     pids: dict[str, int],
     number: int,
-    packs: list[str],
+    packs: list[dict[str, Any]],
     devices: dict[str, Any],
     refused: dict[str, str],
     before: dict[str, Any],
@@ -173,6 +258,7 @@ def _summary(
 ) -> dict[str, Any]:
     nics = {
         name: {
+            "mac": mac_address(after[name]["mac"]),
             "tx_frames": after[name]["tx_frames"],
             "rx_frames": after[name]["rx_frames"],
             "rx_during_kexec": after[name]["rx_frames"] - before[name]["rx_frames"],
@@ -200,47 +286,72 @@ def _summary(
     }
 
 
+def _fate(device: dict[str, Any], nic: dict[str, Any] | None) -> str:
+    if device["reclaimed"]:
+        fate = "preserved, reclaimed"
+    elif device["preserved"]:
+        fate = "preserved, NOT reclaimed"
+    elif device["refused"]:
+        fate = "not preserved: " + device["refused"].split(": ", 1)[-1]
+    else:
+        fate = "not preserved"
+    if nic is not None:
+        fate += f"; mac {nic['mac']}; rx +{nic['rx_during_kexec']} frames across kexec"
+    return fate
+
+
 def _tree_lines(summary: dict[str, Any], parents: dict[str, str | None]) -> list[str]:
+    """The device tree as ``tree`` draws it: ``├──`` for a child with later siblings,
+    ``└──`` for the last, ``│`` continuing a parent's line to its next sibling."""
     info = {d["name"]: d for d in summary["devices"]}
     children: dict[str | None, list[str]] = {}
     for name, parent in parents.items():
-        children.setdefault(parent, []).append(name)
-    lines: list[str] = []
+        if name in info:
+            children.setdefault(parent if parent in info else None, []).append(name)
+    rows: list[tuple[str, str]] = []
 
-    def walk(name: str, prefix: str) -> None:
-        d = info[name]
-        if d["reclaimed"]:
-            fate = "preserved, reclaimed"
-        elif d["preserved"]:
-            fate = "preserved, NOT reclaimed"
-        elif d["refused"]:
-            fate = "not preserved: " + d["refused"].split(": ", 1)[-1]
-        else:
-            fate = "not preserved"
-        nic = summary["nics"].get(name)
-        if nic is not None:
-            fate += f"; rx +{nic['rx_during_kexec']} frames across kexec"
-        lines.append(f"  {prefix + name:<22} {d['driver'] or '-':<12} {fate}")
-        for child in children.get(name, []):
-            walk(child, " " * len(prefix) + "└ ")
+    def walk(name: str, lead: str, below: str) -> None:
+        rows.append((lead + name, name))
+        kids = children.get(name, [])
+        for i, child in enumerate(kids):
+            last = i == len(kids) - 1
+            walk(child, below + ("└── " if last else "├── "), below + ("    " if last else "│   "))
 
     for root in children.get(None, []):
-        walk(root, "")
-    return lines
+        walk(root, "", "")
+    width = max((len(drawn) for drawn, _ in rows), default=0)
+    return [
+        f"  {drawn:<{width}}  {info[name]['driver'] or '-':<12} "
+        f"{_fate(info[name], summary['nics'].get(name))}"
+        for drawn, name in rows
+    ]
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.inproc:
-        if args.next_python:
-            raise DeviceError("--next-python needs a kernel process: drop --inproc")
-        stats, summary = run_inproc(args.workers, args.save_handoff)
-    else:
-        level = {0: "warning", 1: "info"}.get(args.verbose, "debug")
-        stats, summary = run_process(args.workers, args.save_handoff, args.next_python, level)
+    if args.inproc and args.next_python:
+        raise UsageError("--next-python needs a kernel process: drop --inproc")
+    for path in (args.trace, args.save_handoff):
+        if path is not None:
+            check_writable(path)  # before the update, not after it
+    with Progress("demo") as progress:
+        if args.inproc:
+            stats, summary = run_inproc(args.workers, args.save_handoff, progress)
+        else:
+            level = {0: "warning", 1: "info"}.get(args.log_verbosity, "debug")
+            stats, summary = run_process(
+                args.workers, args.save_handoff, args.next_python, level, progress
+            )
+    written = []
     if args.trace:
         args.trace.write_text(json.dumps(stats.chrome_trace()))
+        written.append(("trace", args.trace))
+    if args.save_handoff:
+        written.append(("handoff", args.save_handoff))
+    notes = [f"{what}: {path} ({path.stat().st_size} bytes)" for what, path in written]
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(dumps(summary))
+        for note in notes:  # stdout is the JSON alone
+            print(f"luo demo: wrote {note}", file=sys.stderr)
         return 0
     pids = summary["pids"]
     where = (
@@ -249,7 +360,7 @@ def run(args: argparse.Namespace) -> int:
         else "in this process"
     )
     print(f"luo demo: live update #{summary['liveupdate_number']} of the built-in host ({where})")
-    print("packs: " + "; ".join(summary["packs"]))
+    print("packs: " + "; ".join(" ".join(filter(None, p.values())) for p in summary["packs"]))
     print("devices:")
     parents = {name: spec.parent for name, spec in default_host().devices.items()}
     print("\n".join(_tree_lines(summary, parents)))
@@ -258,6 +369,6 @@ def run(args: argparse.Namespace) -> int:
         "phases: " + " · ".join(f"{n} {p['duration_us'] / 1000:.2f} ms" for n, p in phases.items())
     )
     print(f"blackout: {summary['blackout_us'] / 1000:.2f} ms (freeze start to last restore)")
-    if args.trace:
-        print(f"trace: {args.trace}")
+    for note in notes:
+        print(note)
     return 0

@@ -3,17 +3,32 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
+from luo_core.cli._args import dumps, paragraph
 from luo_core.kernel._records import Bus, DeviceDriver, Record
 from luo_core.kernel._registry import PluginRegistry, load_plugins
 from luo_core.kernel.devices import _builtin
 
 
 def add_parser(verbs: Any) -> None:
-    parser = verbs.add_parser("drivers", help="list installed packs and what they handle")
-    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser = verbs.add_parser(
+        "drivers",
+        help="list installed packs and what they handle",
+        description=paragraph(
+            "List every plugin a kernel would load: luo's own and each installed pack "
+            "(entry-point group luo_core.plugins), with its version, its status (loaded, "
+            "disabled by LUO_DISABLE_PLUGINS, or failed and why) and the drivers, buses and "
+            "subsystems it provides.  Exits 1 if any pack failed to load."
+        ),
+        epilog=(
+            "example:\n  luo drivers\n  LUO_DISABLE_PLUGINS=luo-example-nic luo drivers --json"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print JSON instead of text (default: text)"
+    )
     parser.set_defaults(run=run)
 
 
@@ -44,9 +59,9 @@ def inventory(registry: PluginRegistry) -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    packs = inventory(load_plugins(builtin=_builtin))
+    packs = inventory(load_plugins(builtin=_builtin, log_failures=False))
     if args.json:
-        print(json.dumps(packs, indent=2))
+        print(dumps(packs))
     else:
         for pack in packs:
             status = pack["status"] if pack["error"] is None else f"failed: {pack['error']}"

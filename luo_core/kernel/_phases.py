@@ -54,10 +54,6 @@ class Phases(KernelBase):
         :class:`~luo_core.errors.CallbackError` is raised.
         """
         self._alive()
-        if target is not None and not isinstance(target, dict):
-            raise InvalidTransitionError(
-                f"prepare: target must be a manifest (a dict), not {type(target).__name__}"
-            )
         with self._sm.transition(Event.PREPARE, timeout) as new_state:
             versions = plan_versions(target, self._records()) if target is not None else {}
             self.stats = UpdateStats()

@@ -12,16 +12,34 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Final
 
-from luo_core.abi import compare_entries, manifest_entry, schema_of
+from luo_core.abi import manifest_entry, schema_of
+from luo_core.abi._manifest import compare_checked
+from luo_core.abi._manifest_check import (
+    Bad,
+    check_entry,
+    describe,
+    expect_object,
+    expect_str,
+    member,
+    parse_int,
+)
 from luo_core.errors import IncompatibleError, ManifestError
 from luo_core.kernel._participants import Key, label
 from luo_core.kernel._records import DeviceDriver, Subsystem
 from luo_core.kernel._registry import PluginRegistry, core_origin
 
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT: Final = 1
+MAX_MANIFEST_BYTES: Final = 16 << 20
+"""The largest manifest read: 16 MiB, thousands of times a real one (about 1 KiB a schema).
+Parsing the worst JSON of that size takes a few seconds and a few hundred MB."""
 Manifest = dict[str, Any]
+
+_KEYS: Final = ("format", "luo-core", "packs", "participants", "schemas")
+_OPTIONAL_KEYS: Final = ("failed",)
+_PARTICIPANT_KEYS: Final = ("distribution", "record")
+_PARTICIPANT_KINDS: Final = ("subsystem:", "driver:")
 
 
 def participant_id(record: Subsystem | DeviceDriver) -> str:
@@ -30,11 +48,19 @@ def participant_id(record: Subsystem | DeviceDriver) -> str:
 
 
 def build_manifest(registry: PluginRegistry) -> Manifest:
-    """This environment's manifest, from the records its packs registered."""
+    """This environment's manifest, from the records its packs registered.
+
+    A pack that failed to load is listed under ``failed`` (distribution ->
+    why), a key present only then: without it, the manifest would look
+    complete while lacking that pack's participants and schemas.
+    """
     packs: dict[str, str] = {}
+    failed: dict[str, str] = {}
     participants: dict[str, Any] = {}
     schemas: dict[str, Any] = {}
     for pack in registry.packs:
+        if pack.status == "failed":
+            failed[pack.origin.distribution] = pack.error or "failed to load"
         if pack.status != "loaded":
             continue
         packs[pack.origin.distribution] = pack.origin.version
@@ -48,60 +74,119 @@ def build_manifest(registry: PluginRegistry) -> Manifest:
             }
             if schema is not None:
                 schemas[schema_of(schema).compatible] = manifest_entry(schema)
-    return {
+    manifest: Manifest = {
         "format": MANIFEST_FORMAT,
         "luo-core": core_origin().version,
         "packs": dict(sorted(packs.items())),
         "participants": dict(sorted(participants.items())),
         "schemas": dict(sorted(schemas.items())),
     }
+    if failed:
+        manifest["failed"] = dict(sorted(failed.items()))
+    return manifest
 
 
 def dump_manifest(manifest: Manifest) -> str:
     return json.dumps(manifest, indent=2, sort_keys=True) + "\n"
 
 
-def load_manifest(text: str, where: str = "manifest") -> Manifest:
-    """Parse a manifest; anything else is a one-line :class:`ManifestError`."""
+def load_manifest(text: str | bytes, where: str = "manifest") -> Manifest:
+    """Parse and check a manifest (UTF-8 JSON); anything else is a one-line :class:`ManifestError`.
+
+    ``where`` names the file in the message, which also gives the path of
+    the first problem inside it: ``m.json: schemas."luo,x".version: ...``.
+    """
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ManifestError(
+                f"{where} is not a manifest: not UTF-8 text (byte 0x{text[exc.start]:02x} "
+                f"at offset {exc.start})"
+            ) from None
     try:
-        manifest = json.loads(text)
+        manifest = json.loads(text, parse_int=parse_int, parse_constant=_no_constant)
     except ValueError as exc:
         raise ManifestError(f"{where} is not JSON: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise ManifestError(f"{where} is not a luo ABI manifest (format {MANIFEST_FORMAT})")
-    for section in ("packs", "participants", "schemas"):
-        if not isinstance(manifest.get(section), dict):
-            raise ManifestError(f"{where}: {section!r} is missing or not an object")
-    for compatible, entry in manifest["schemas"].items():
-        if not (
-            isinstance(entry, dict)
-            and entry.get("compatible") == compatible
-            and all(isinstance(entry.get(k), int) for k in ("version", "min_version"))
-            and all(isinstance(entry.get(k), list) for k in ("writes", "migrations", "fields"))
-        ):
-            raise ManifestError(f"{where}: schema {compatible!r} is malformed")
+    except RecursionError:
+        raise ManifestError(f"{where} is not a manifest: JSON nested too deeply") from None
+    return check_manifest(manifest, where)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def check_manifest(manifest: object, where: str = "manifest") -> Manifest:
+    """``manifest`` itself if it is a valid luo ABI manifest, else a one-line
+    :class:`ManifestError` naming ``where``, the path inside it and the problem.
+
+    Every key is checked (an unknown one is refused: a later luo that says
+    more writes a new ``format``), every number bounded (versions are u32),
+    every type string parsed.
+    """
+    if type(manifest) is not dict or "format" not in manifest:
+        raise ManifestError(
+            f'{where} is not a luo ABI manifest (an object with "format": {MANIFEST_FORMAT})'
+        )
+    try:
+        _check(manifest, where)
+    except Bad as exc:
+        raise ManifestError(exc.message(where)) from None
     return manifest
 
 
+def _check(manifest: dict[str, Any], where: str) -> None:
+    if type(manifest["format"]) is not int or manifest["format"] != MANIFEST_FORMAT:
+        found = describe(manifest["format"])
+        raise Bad("format", f"this luo reads format {MANIFEST_FORMAT}, not {found}")
+    expect_object(manifest, "", _KEYS, _OPTIONAL_KEYS)
+    expect_str(manifest["luo-core"], "luo-core")
+    for section in ("packs", *_OPTIONAL_KEYS):
+        if section in manifest:
+            for name, text in expect_object(manifest[section], section).items():
+                expect_str(text, member(section, _printable(name, section)))
+    participants = expect_object(manifest["participants"], "participants")
+    for pid, theirs in participants.items():
+        at = member("participants", _printable(pid, "participants"))
+        if not pid.startswith(_PARTICIPANT_KINDS) or not pid.partition(":")[2]:
+            raise Bad(at, "not a participant (subsystem:NAME or driver:NAME)")
+        entry = expect_object(theirs, at, _PARTICIPANT_KEYS)
+        expect_str(entry["distribution"], member(at, "distribution"))
+        if entry["record"] is not None:
+            expect_str(entry["record"], member(at, "record"))
+    schemas = expect_object(manifest["schemas"], "schemas")
+    for compatible, entry in schemas.items():
+        check_entry(entry, where, member("schemas", compatible), compatible)
+
+
+def _printable(key: str, path: str) -> str:
+    if not key.isprintable():
+        raise Bad(member(path, key), "the key has characters that are not printable")
+    return key
+
+
 def plan_versions(
-    target: Manifest, participants: Iterable[tuple[Key, Subsystem | DeviceDriver]]
+    target: object, participants: Iterable[tuple[Key, Subsystem | DeviceDriver]]
 ) -> dict[Key, int]:
     """The version each record must be written at for ``target`` to read it.
 
-    Raises :class:`IncompatibleError` naming the first problem (and how many
-    more there are) when the target cannot take the update.
+    ``target`` is checked as a file would be (:class:`ManifestError` naming
+    the problem).  Raises :class:`IncompatibleError` naming the first problem
+    (and how many more there are) when the target cannot take the update.
     """
+    manifest = check_manifest(target, "target")
     versions: dict[Key, int] = {}
     problems: list[str] = []
     for key, record in participants:
         who = f"{label(key)} ({participant_id(record)})"
         if record.schema is None:
-            theirs = target["participants"].get(participant_id(record))
+            theirs = manifest["participants"].get(participant_id(record))
             if not isinstance(theirs, dict) or theirs.get("record") is not None:
                 problems.append(f"{who}: the target has no opaque {participant_id(record)}")
             continue
         schema = schema_of(record.schema)
-        entry = target["schemas"].get(schema.compatible)
+        entry = manifest["schemas"].get(schema.compatible)
         if entry is None:
             problems.append(f"{who}: the target cannot read {schema.compatible} at all")
             continue
@@ -124,8 +209,17 @@ def plan_versions(
 
 
 def compare_manifests(old: Manifest, new: Manifest) -> list[tuple[str, str, str, str]]:
-    """``(level, direction, compatible, message)`` for every finding, both ways."""
+    """``(level, direction, subject, message)`` for every finding, both ways.
+
+    Both manifests are checked ones (from :func:`load_manifest` or
+    :func:`build_manifest`).  A pack that failed to load on either side is an
+    error in both directions (``both``): that side's manifest is incomplete.
+    """
     findings: list[tuple[str, str, str, str]] = []
+    for side, manifest in (("OLD", old), ("NEW", new)):
+        for distribution, why in manifest.get("failed", {}).items():
+            message = f"{side} is incomplete: the pack failed to load there ({why})"
+            findings.append(("error", "both", distribution, message))
     for compatible in sorted({*old["schemas"], *new["schemas"]}):
         mine, theirs = old["schemas"].get(compatible), new["schemas"].get(compatible)
         if theirs is None:
@@ -135,7 +229,7 @@ def compare_manifests(old: Manifest, new: Manifest) -> list[tuple[str, str, str,
         else:
             findings += [
                 (f.level, f.direction, compatible, f.message)
-                for f in compare_entries(mine, theirs)
+                for f in compare_checked(mine, theirs)
             ]
     for pid in sorted({*old["participants"], *new["participants"]}):
         mine, theirs = old["participants"].get(pid), new["participants"].get(pid)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 def _require_name(what: str, value: object) -> None:
     """Names and compatibles follow one rule, the same as schema compatibles."""
-    if not isinstance(value, str) or not COMPATIBLE.match(value):
+    if not isinstance(value, str) or not COMPATIBLE.fullmatch(value):
         raise ValueError(
             f"{what} {value!r} must be 1-63 chars of [a-z0-9,._+-], "
             "starting with a letter or digit"
@@ -58,20 +58,33 @@ class PluginOrigin:
 class SubsystemOps:
     """Callbacks of a subsystem participant (``liveupdate_subsystem_ops``).
 
-    Override what you need.  What ``prepare`` and ``freeze`` return — an
-    instance of the participant's ``schema`` (``None``: the schema's default
-    value) — is sealed into its handoff record, the only thing that reaches
-    the next kernel; ``boot``, ``cancel`` and ``finish`` get that value back
-    (``boot`` a fresh one decoded from the record).
+    Override what you need.  ``prepare`` and ``freeze`` return an instance of
+    the participant's ``schema`` (the ``@state`` class of its
+    :class:`Subsystem` record), never bytes: anything else fails the callback
+    with a ``TypeError`` naming it.  ``None`` hands over the schema's default
+    value, ``schema()``, which exists only when every field has a default.
+    The value is encoded and sealed into the participant's handoff record (at
+    the schema's version, or the older one ``prepare(target=...)`` chose,
+    through a rollback writer), and that record is the only thing that
+    reaches the next kernel.
 
     * ``prepare()`` runs while VMs still run: do the heavy serialisation here
-      and return the preserved data.
-    * ``freeze(data)`` runs on the kexec path (blackout): stay light; return
-      the final data (usually ``data`` itself, or a small update of it).
-    * ``cancel(data)`` undoes prepare/freeze; it must not fail.
-    * ``boot(data)`` runs in the next kernel, with what the old one handed over.
-    * ``finish(data)`` runs in the next kernel when the update is complete; it
-      must not fail.  ``data`` is ``None`` when nothing was handed over.
+      and return the value to hand over.
+    * ``freeze(data)`` runs on the kexec path (blackout): stay light.  ``data``
+      is the value prepare handed over; return the final one.  Returning
+      ``data`` itself costs nothing, as its record is already sealed, so to
+      change it return a new value (``attrs.evolve(data, ...)``) rather than
+      changing a list or dict inside it; ``None`` hands over the default value,
+      not ``data``.
+    * ``cancel(data)`` undoes prepare and freeze, in reverse order of
+      preparation; ``data`` is the last value handed over.  It must not fail:
+      an exception is logged (``callback_must_not_fail``) and the cancel goes on.
+    * ``boot(data)`` runs in the next kernel when the old one handed over a
+      record for this subsystem: ``data`` is that record decoded with this
+      kernel's schema (older versions migrated), a new object.
+    * ``finish(data)`` runs in the next kernel when the update is complete,
+      with the value ``boot`` got, or ``None`` when nothing was handed over
+      (or the record could not be decoded).  It must not fail.
     """
 
     def prepare(self) -> Any:
@@ -93,17 +106,40 @@ class SubsystemOps:
 class DeviceDriverOps:
     """Callbacks of a device driver: binding plus ``dev_liveupdate`` callbacks.
 
-    * ``probe(dev)`` binds a device on a cold boot (or one that was not
-      preserved); ``shutdown(dev)`` runs at kexec for devices not preserved.
+    ``prepare`` and ``freeze`` return an instance of the driver's ``schema``
+    (the ``@state`` class of its :class:`DeviceDriver` record), one per
+    device, never bytes: anything else fails the callback with a
+    ``TypeError`` naming the driver.  ``None`` hands over the schema's default
+    value, ``schema()``, which exists only when every field has a default.
+    The value is encoded and sealed into the device's handoff record, the
+    only driver state that reaches the next kernel; the device itself keeps
+    running, with its registers and memory.
+
+    * ``probe(dev)`` binds a device on a cold boot, or in the next kernel a
+      device that was not preserved; a probe that raises leaves the device
+      unbound (``probe_failed``).  ``shutdown(dev)`` runs at kexec for each
+      device that is not preserved.
     * ``can_preserve(dev)`` says whether this device can be requested.
-    * ``prepare(dev)``: heavy serialisation while the device runs; returns an
-      instance of the driver's ``schema`` (``None``: its default value).
+    * ``prepare(dev)``: heavy serialisation while the device runs; returns
+      the value to hand over.
     * ``freeze(dev, data)``: quiesce the driver (not the device: DMA goes on)
-      and return the final value; light, on the blackout path.
-    * ``cancel(dev, data)``: undo prepare/freeze exactly; must not fail.
-    * ``restore(dev, data)``: the next kernel reclaims the running device from
-      ``data`` instead of probing it; light, on the blackout path.
-    * ``finish(dev, data)``: heavy cleanup after the update; must not fail.
+      and return the final value; light, on the blackout path.  ``data`` is
+      the value prepare handed over.  Returning ``data`` itself costs nothing,
+      as its record is already sealed, so to change it return a new value
+      (``attrs.evolve(data, ...)``) rather than changing a list or dict inside
+      it; ``None`` hands over the default value, not ``data``.  The bus's
+      freeze runs after the driver's.
+    * ``cancel(dev, data)``: undo prepare and freeze exactly, after the bus's
+      cancel; ``data`` is the last value handed over.  Must not fail: an
+      exception is logged (``callback_must_not_fail``) and the cancel goes on.
+    * ``restore(dev, data)``: the next kernel reclaims the running device
+      instead of probing it, after the bus's restore, parents first; ``data``
+      is the record decoded with this kernel's schema (older versions
+      migrated).  Light, on the blackout path.  A restore that raises leaves
+      the device unbound (``restore_failed``).
+    * ``finish(dev, data)``: heavy cleanup after the update, for each device
+      restore reclaimed, with the value restore got; the bus's finish runs
+      after it.  Must not fail.
     """
 
     def probe(self, dev: Device) -> None:

@@ -6,14 +6,14 @@ and every boot builds its plugins afresh.  A pack that
 fails to import, misspells a hook or yields a malformed record is reported
 once (``plugin_failed``) and skipped; the rest still load.  Two packs that
 claim the same name or compatible are a :class:`PluginConflictError` naming
-both distributions.  ``LUO_DISABLE_PLUGINS=dist1,dist2`` blocks packs.
+both distributions.  ``LUO_DISABLE_PLUGINS=dist1,dist2`` blocks packs; a name
+in it that matches no installed pack is reported (``plugin_disable_unknown``).
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
-import os
-import re
 import types
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from importlib import metadata
@@ -28,18 +28,19 @@ from luo_core.abi._boot import PluginFactory, factory_name, load_factory, resolv
 from luo_core.errors import PluginConflictError, PluginError
 from luo_core.kernel._hookspecs import PROJECT, LuoSpec
 from luo_core.kernel._records import Bus, DeviceDriver, PluginOrigin, Record, Subsystem
-from luo_core.platform._models import ENTRY_POINT_GROUP, HardwareSpec
+from luo_core.platform._models import (
+    DISABLE_ENV,
+    ENTRY_POINT_GROUP,
+    HardwareSpec,
+    disabled_distributions,
+    disabled_names,
+    normalize,
+)
 
-DISABLE_ENV = "LUO_DISABLE_PLUGINS"
 CORE_DISTRIBUTION = "luo-core"
 
 log = get_logger("luo.registry")
 R = TypeVar("R", Subsystem, DeviceDriver, Bus)
-
-
-def normalize(name: str) -> str:
-    """PEP 503 normalisation, so ``Luo_Example`` and ``luo-example`` match."""
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def core_origin() -> PluginOrigin:
@@ -60,9 +61,60 @@ class PackInfo:
     records: tuple[Record, ...] = ()
 
 
-def disabled_distributions() -> frozenset[str]:
-    raw = os.environ.get(DISABLE_ENV, "")
-    return frozenset(normalize(n.strip()) for n in raw.split(",") if n.strip())
+def installed_packs() -> list[metadata.EntryPoint]:
+    """Every entry point of the ``luo_core.plugins`` group, in a stable order."""
+    return sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=_ep_key)
+
+
+def unknown_disabled(eps: Iterable[metadata.EntryPoint] | None = None) -> list[str]:
+    """The names in ``LUO_DISABLE_PLUGINS`` that match no installed pack (of ``eps``:
+    by default, every installed one), as the user wrote them.
+
+    ``luo-core`` is one of them: luo's own plugin is not a pack and cannot be disabled.
+    """
+    found = installed_packs() if eps is None else eps
+    installed = {normalize(origin_of(ep).distribution) for ep in found}
+    return [n for n in disabled_names() if normalize(n) not in installed]
+
+
+_warned: set[tuple[str, ...]] = set()
+
+
+def _warn_unknown_disabled(unknown: list[str]) -> None:
+    # Once per process and list: a kernel loads its image on every boot, and the
+    # contract suite boots dozens of them.
+    key = tuple(unknown)
+    if not unknown or key in _warned:
+        return
+    _warned.add(key)
+    log.warning(
+        "plugin_disable_unknown",
+        names=unknown,
+        env=DISABLE_ENV,
+        error=f"{DISABLE_ENV} names no installed pack: {', '.join(unknown)}",
+    )
+
+
+def hook_names() -> list[str]:
+    """Every hook a pack may implement: luo's (:class:`LuoSpec`) and the hardware's."""
+    marker = f"{PROJECT}_spec"
+    return sorted(
+        name
+        for spec in (LuoSpec, HardwareSpec)
+        for name in dir(spec)
+        if hasattr(getattr(spec, name), marker)
+    )
+
+
+def misspelt(names: Iterable[str]) -> str:
+    """One line naming each unknown hook and the closest known one."""
+    known = hook_names()
+    parts = []
+    for name in names:
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"luo's hooks: {', '.join(known)}"
+        parts.append(f"unknown hook {name!r} ({hint})")
+    return ", ".join(parts)
 
 
 class _Manager(pluggy.PluginManager):
@@ -97,7 +149,7 @@ class _Manager(pluggy.PluginManager):
 class PluginRegistry:
     """The packs of one kernel, their hooks, and the records they registered."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, log_failures: bool = True) -> None:
         self.pm = _Manager(PROJECT)
         self.pm.add_hookspecs(LuoSpec)
         self.pm.add_hookspecs(HardwareSpec)  # packs ship device models beside drivers
@@ -106,7 +158,11 @@ class PluginRegistry:
         self.drivers: dict[str, DeviceDriver] = {}
         """Drivers by compatible string."""
         self.buses: dict[str, Bus] = {}
+        self.unknown_disabled: list[str] = []
+        """Names in ``LUO_DISABLE_PLUGINS`` that match no installed pack (see
+        :func:`unknown_disabled`); set by :func:`load_plugins`."""
         self._origins: dict[str, PluginOrigin] = {}
+        self._log_failures = log_failures
 
     @property
     def hook(self) -> Any:
@@ -155,10 +211,25 @@ class PluginRegistry:
         try:
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
+            unknown = self._unknown_hooks(name)
             self.pm.unregister(name=name)
-            self._fail(origin, f"unknown hook (misspelt?): {exc}")
+            self._fail(origin, misspelt(unknown) if unknown else f"unknown hook: {exc}")
             return
         self._origins[name] = origin
+
+    def _unknown_hooks(self, plugin_name: str) -> list[str]:
+        """The hooks ``plugin_name`` implements that no spec declares (what
+        ``check_pending`` refused)."""
+        return sorted(
+            hook
+            for hook, caller in vars(self.pm.hook).items()
+            if isinstance(caller, pluggy.HookCaller)
+            and not caller.has_spec()
+            and any(
+                impl.plugin_name == plugin_name and not impl.optionalhook
+                for impl in caller.get_hookimpls()
+            )
+        )
 
     def build(self, image: Sequence[PluginSource]) -> None:
         """Build and register a fresh plugin from each of ``image``'s factories."""
@@ -171,7 +242,7 @@ class PluginRegistry:
                 continue
             try:
                 plugin = resolve(source.factory)
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:  # a pack's sys.exit() fails the pack
                 self._fail(
                     source.origin, f"building the plugin failed: {type(exc).__name__}: {exc}"
                 )
@@ -181,7 +252,8 @@ class PluginRegistry:
     def _fail(self, origin: PluginOrigin, error: str) -> None:
         error = " ".join(error.split())  # one line, whatever the cause printed
         self.packs.append(PackInfo(origin, "failed", error))
-        log.error("plugin_failed", distribution=origin.distribution, error=error)
+        if self._log_failures:
+            log.error("plugin_failed", distribution=origin.distribution, error=error)
 
     # -- collecting records ----------------------------------------------
 
@@ -201,7 +273,7 @@ class PluginRegistry:
                 origin = self._origins[impl.plugin_name]
                 try:
                     records = list(_records_of(impl, kernel, kind, hook_name))
-                except Exception as exc:
+                except (Exception, SystemExit) as exc:
                     failed.add(impl.plugin_name)
                     self._fail(origin, f"{hook_name}: {type(exc).__name__}: {exc}")
                     continue
@@ -284,30 +356,41 @@ def load_image(
         image.append(PluginSource(core_origin(), _same(builtin)))
     if discover:
         disabled = disabled_distributions()
-        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=_ep_key):
-            dist = ep.dist
-            origin = PluginOrigin(
-                dist.name if dist else ep.name, dist.version if dist else "0+unknown"
-            )
+        eps = installed_packs()
+        _warn_unknown_disabled(unknown_disabled(eps))
+        for ep in eps:
+            origin = origin_of(ep)
             if normalize(origin.distribution) in disabled:
                 log.info("plugin_disabled", distribution=origin.distribution, env=DISABLE_ENV)
                 image.append(PluginSource(origin, None, "disabled"))
                 continue
-            try:
-                image.append(PluginSource(origin, ep.load()))
-            except Exception as exc:
-                error = f"loading {ep.value} failed: {type(exc).__name__}: {exc}"
-                image.append(PluginSource(origin, None, "failed", error))
+            image.append(source_of(ep))
     for factory in plugins:
         origin = PluginOrigin(f"local:{factory_name(factory)}", "0")
         try:
             loaded = load_factory(factory)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             error = f"loading {factory_name(factory)} failed: {type(exc).__name__}: {exc}"
             image.append(PluginSource(origin, None, "failed", error))
             continue
         image.append(PluginSource(origin, loaded))
     return image
+
+
+def origin_of(ep: metadata.EntryPoint) -> PluginOrigin:
+    """The distribution (name and version) an installed pack's entry point comes from."""
+    dist = ep.dist
+    return PluginOrigin(dist.name if dist else ep.name, dist.version if dist else "0+unknown")
+
+
+def source_of(ep: metadata.EntryPoint) -> PluginSource:
+    """An installed pack's entry point, loaded (imported, not called); an exception
+    while importing it makes a ``failed`` source."""
+    try:
+        return PluginSource(origin_of(ep), ep.load())
+    except (Exception, SystemExit) as exc:  # a pack's sys.exit() must not end the caller
+        error = f"loading {ep.value} failed: {type(exc).__name__}: {exc}"
+        return PluginSource(origin_of(ep), None, "failed", error)
 
 
 def _same(plugin: object) -> PluginFactory:
@@ -318,9 +401,14 @@ def _identity(plugin: object) -> object:
     return plugin
 
 
-def build_registry(image: Sequence[PluginSource], kernel: object | None = None) -> PluginRegistry:
-    """A registry with a fresh plugin from every factory of ``image``, its records collected."""
-    registry = PluginRegistry()
+def build_registry(
+    image: Sequence[PluginSource], kernel: object | None = None, *, log_failures: bool = True
+) -> PluginRegistry:
+    """A registry with a fresh plugin from every factory of ``image``, its records collected.
+
+    ``log_failures=False`` is for a caller that reports failed packs itself (``luo drivers``).
+    """
+    registry = PluginRegistry(log_failures=log_failures)
     registry.build(image)
     registry.collect(kernel)
     return registry
@@ -332,6 +420,7 @@ def load_plugins(
     discover: bool = True,
     builtin: object | None = None,
     kernel: object | None = None,
+    log_failures: bool = True,
 ) -> PluginRegistry:
     """Build a registry: luo's own plugin, installed packs, then ``plugins``.
 
@@ -339,4 +428,8 @@ def load_plugins(
     a class or a function), called now to build a fresh plugin, and registered
     as the distribution ``local:<name>``.
     """
-    return build_registry(load_image(plugins, discover=discover, builtin=builtin), kernel)
+    image = load_image(plugins, discover=discover, builtin=builtin)
+    registry = build_registry(image, kernel, log_failures=log_failures)
+    if discover:
+        registry.unknown_disabled = unknown_disabled()
+    return registry

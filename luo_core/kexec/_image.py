@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -60,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cpr-fd", type=int)
     parser.add_argument("--log", default="warning")
     args = parser.parse_args(argv)
+    # Ctrl-C at the terminal reaches the whole process group; the operator is the
+    # one that shuts a kernel down, so a kernel does not die of it on its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(args.log, kernel=os.getpid())
     sys.dont_write_bytecode = True  # a kernel writes no files, not even bytecode caches
     # tempfile probes its directory by writing a file there, once: let it, before the
@@ -139,7 +143,10 @@ def _boot_and_serve(
         return 1
     watch().arm(pack_prefixes(kernel))
     server = KernelServer(kernel, control)
-    _wire.send(control, {"op": "booted", **server.describe()})
+    try:
+        _wire.send(control, {"op": "booted", **server.describe()})
+    except (PeerGoneError, OSError):  # the operator went away: nobody to serve
+        return 0
     return server.serve()
 
 

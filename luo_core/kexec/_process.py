@@ -91,7 +91,13 @@ class _Image:
             passed.append(cpr_theirs.fileno())
         try:
             self.process = subprocess.Popen(
-                command, pass_fds=passed, stdin=subprocess.DEVNULL, stdout=2, env=environment
+                command,
+                pass_fds=passed,
+                stdin=subprocess.DEVNULL,
+                stdout=2,
+                env=environment,
+                # Ctrl-C at the terminal is for the operator, who shuts kernels down.
+                start_new_session=True,
             )
         except OSError as exc:
             mine.close()

@@ -90,7 +90,11 @@ class KernelServer:
                     with contextlib.suppress(OSError):
                         os.close(fd)
                 reply = error_reply(exc)
-            _wire.send(self.control, reply)
+            try:
+                _wire.send(self.control, reply)
+            except (PeerGoneError, OSError):  # the operator went away mid-answer
+                self._power_off()
+                return 0
             if leave:
                 sys.stdout.flush()
                 sys.stderr.flush()

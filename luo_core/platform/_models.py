@@ -16,16 +16,19 @@ import contextlib
 import functools
 import os
 import queue
+import re
 import select
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
+from importlib import metadata
 from typing import Any, ClassVar, TypeVar
 
 import pluggy
 
 from luo_core._logging import get_logger
+from luo_core.abi._boot import resolve
 from luo_core.errors import HardwareError
 from luo_core.platform._memory import PhysicalMemory
 from luo_core.platform._registers import RegisterMap, Registers
@@ -34,6 +37,25 @@ log = get_logger("luo.hw")
 T = TypeVar("T")
 
 ENTRY_POINT_GROUP = "luo_core.plugins"
+DISABLE_ENV = "LUO_DISABLE_PLUGINS"
+
+
+def normalize(name: str) -> str:
+    """PEP 503 normalisation, so ``Luo_Example`` and ``luo-example`` match."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def disabled_names() -> list[str]:
+    """The names in ``LUO_DISABLE_PLUGINS``, as the user wrote them (stripped)."""
+    raw = os.environ.get(DISABLE_ENV, "")
+    return [n.strip() for n in raw.split(",") if n.strip()]
+
+
+def disabled_distributions() -> frozenset[str]:
+    """The distributions ``LUO_DISABLE_PLUGINS`` keeps out: of kernels and of the hardware."""
+    return frozenset(normalize(n) for n in disabled_names())
+
+
 PROJECT = "luo"
 hookspec = pluggy.HookspecMarker(PROJECT)
 CALL_TIMEOUT = 30.0
@@ -128,8 +150,6 @@ def discover_models(
     A pack whose import or hook fails is logged (``model_pack_failed``) and
     skipped: its devices run without a model, as dead hardware would.
     """
-    from importlib import metadata
-
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(HardwareSpec)
     # The plugins given first: a pack's own models win over installed ones.
@@ -137,13 +157,12 @@ def discover_models(
         (f"local:{type(p).__name__}", functools.partial(_same, p)) for p in plugins
     ]
     if discover:
-        disabled = {
-            n.strip().lower() for n in os.environ.get("LUO_DISABLE_PLUGINS", "").split(",")
-        }
+        disabled = disabled_distributions()
         for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
             dist = ep.dist.name if ep.dist else ep.name
-            if dist.lower().replace("_", "-") not in disabled:
-                sources.append((dist, ep.load))
+            if normalize(dist) not in disabled:
+                # A pack names a module or a factory: build it as a kernel would.
+                sources.append((dist, functools.partial(_build, ep)))
     models: dict[str, type[DeviceModel]] = {}
     seen: set[int] = set()
     for origin, load in sources:
@@ -270,6 +289,12 @@ class ModelRunner:
             except queue.Empty:
                 return
             done.set_exception(HardwareError(f"{self.name}: {reason}"))
+
+
+def _build(ep: metadata.EntryPoint) -> object:
+    """The entry point's plugin, built only if its module or class ships device models."""
+    loaded = ep.load()
+    return resolve(loaded) if hasattr(loaded, "luo_device_models") else None
 
 
 def _same(obj: object) -> object:

@@ -52,7 +52,7 @@ class Register:
     doorbell: bool = False
 
     def __attrs_post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
             raise RegisterError(f"register name {self.name!r} must be 1-32 chars of [a-z0-9_]")
         if type(self.width) is not int or self.width not in _FORMATS:
             raise RegisterError(

@@ -16,6 +16,7 @@ import contextlib
 import importlib
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -91,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--log", default="warning")
     args = parser.parse_args(argv)
+    # The operator powers the hardware off; Ctrl-C at its terminal is its business.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(args.log, hardware=os.getpid())
     control = socket.socket(fileno=args.control_fd)
     control.settimeout(START_TIMEOUT)
@@ -117,7 +120,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     threading.Thread(
         target=_accept, args=(hardware, listener), name="luo-hw accept", daemon=True
     ).start()
-    _wire.send(control, {"address": f"unix:{name}", "pid": os.getpid()})
+    try:
+        _wire.send(control, {"address": f"unix:{name}", "pid": os.getpid()})
+    except (PeerGoneError, OSError):  # the operator went away while we powered on
+        listener.close()
+        hardware.close()
+        return 0
     serve(hardware, control, "operator")
     listener.close()
     hardware.close()
@@ -156,6 +164,7 @@ class HardwareProcess:
                 ],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C at the terminal is for the operator, not for us
                 stdout=2,
                 env=dict(env) if env is not None else None,
             )

@@ -72,5 +72,8 @@ def pytest_addoption(parser: Any) -> None:
     group.addoption(
         "--luo-pack",
         metavar="DIST",
-        help="run the contract suite against this installed pack (distribution name)",
+        help=(
+            "run the contract suite against this installed pack (its distribution name, "
+            "its entry point's name, or the name given to luo new-driver)"
+        ),
     )

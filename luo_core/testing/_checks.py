@@ -373,7 +373,9 @@ def _is_pickle(blob: bytes) -> bool:
 
 
 def check_golden(pack: Pack) -> None:
-    """Records written by every older version the pack claims to read still open."""
+    """Records written by every older version the pack reads still open: one golden record
+    for each of ``min_version`` .. ``version - 1`` (the current version's records are
+    written and read by every other check)."""
     for contract in each_contract(pack):
         kernel = boot(contract, pack)
         driver = kernel.devices[contract.devices[0]].driver
