@@ -102,8 +102,8 @@ def _miss(name: str, eps: list[metadata.EntryPoint]) -> str:
     message = f"no installed pack {name!r} in the {ENTRY_POINT_GROUP} group"
     suggestions = list(dict.fromkeys(names[c] for c in close))
     if suggestions:
-        message += f"; did you mean {' or '.join(suggestions)}?"
-    return message
+        return message + f"; did you mean {' or '.join(suggestions)}?"
+    return message + "; installed packs: " + (", ".join(sorted(set(names.values()))) or "none")
 
 
 def check_loads(ep: metadata.EntryPoint) -> None:
