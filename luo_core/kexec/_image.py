@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -52,6 +53,13 @@ def warm(params: BootParams) -> list[PluginSource]:
         if schema is not None:
             converter.get_structure_hook(schema)
             converter.get_unstructure_hook(schema)
+    # What runs after the jump is imported now: an import there is blackout.
+    from luo_core.kexec import _serve  # noqa: F401
+
+    # The image is this kernel's text, never garbage: freezing it (and dropping what
+    # warming left) keeps a collection on the blackout path from walking all of it.
+    gc.collect()
+    gc.freeze()
     return image
 
 
