@@ -84,9 +84,7 @@ def configure(level: str = "warning", **context: object) -> None:
     )
     structlog.contextvars.bind_contextvars(**context)
     logger = logging.getLogger(ROOT)
-    for handler in list(logger.handlers):
-        if getattr(handler, "_luo_console", False):
-            logger.removeHandler(handler)
+    _drop_console(logger)
     console = _Stderr()
     console.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(console)
@@ -98,8 +96,13 @@ def reset() -> None:
     """Undo :func:`configure`: luo silent again, its events left to the application."""
     structlog.reset_defaults()
     logger = logging.getLogger(ROOT)
+    _drop_console(logger)
+    logger.setLevel(logging.NOTSET)
+    logger.propagate = True
+
+
+def _drop_console(logger: logging.Logger) -> None:
+    """Remove the stderr handler :func:`configure` added, if any."""
     for handler in list(logger.handlers):
         if getattr(handler, "_luo_console", False):
             logger.removeHandler(handler)
-    logger.setLevel(logging.NOTSET)
-    logger.propagate = True

@@ -4,29 +4,52 @@
 it for a fresh plugin (fresh ops objects), so nothing of one kernel reaches
 the next but the handoff.  The factory keeps what the test observes: the
 journal, the callbacks told to fail, and the newest ops of each subsystem.
+
+Also shared by several test files: assertions (:func:`one_error`,
+:func:`assert_raw_bytes_refused`) and fake installed packs (:class:`DistFactory`,
+behind the ``make_dist`` fixture of ``conftest``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import importlib
+import itertools
+import re
+import textwrap
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import attrs
+import pytest
 
 from luo_core import (
     Device,
     DeviceDriver,
     DeviceDriverOps,
+    Kernel,
+    State,
     Subsystem,
     SubsystemOps,
     hookimpl,
     state,
     u64,
 )
+from luo_core.cli import main
+from luo_core.errors import CallbackError
+from luo_core.kernel._records import PluginOrigin
 from luo_core.platform import EXAMPLE_NIC
+from luo_core.platform._models import ENTRY_POINT_GROUP
 
 Journal = list[str]
 
 
 class Boom(RuntimeError):
     """The failure a participant is told to raise."""
+
+
+@state(compatible="luo,test-empty", version=1)
+class Empty:
+    """The state of a participant that hands over nothing."""
 
 
 @state(compatible="luo,test-journal", version=1)
@@ -160,3 +183,161 @@ class JournalPack:
 
     def __call__(self) -> JournalPlugin:
         return JournalPlugin(self)
+
+
+def assert_raw_bytes_refused(kernel: Kernel, participant: str, detail: str) -> None:
+    """``prepare`` fails on a participant that returned raw bytes, and nothing is preserved."""
+    with pytest.raises(CallbackError, match="raw bytes are not a handoff format") as caught:
+        kernel.prepare()
+    assert (caught.value.participant, caught.value.phase) == (participant, "prepare")
+    assert detail in str(caught.value)
+    assert kernel.state is State.NORMAL
+    assert kernel.kho.nodes == {}
+
+
+def one_error(argv: Sequence[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run ``luo argv``: it must exit 1 with nothing on stdout and one line on stderr,
+    ``luo VERB: error: ...`` (``VERB`` being ``argv[0]``).  Returns that line."""
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert (code, captured.out, len(lines)) == (1, "", 1), (code, captured.out, captured.err)
+    assert lines[0].startswith(f"luo {argv[0]}: error: "), lines[0]
+    return lines[0]
+
+
+# -- installed packs: *.dist-info and plugin modules on sys.path -----------------
+
+_serial = itertools.count()
+
+PRELUDE = """\
+from luo_core import DeviceDriver, DeviceDriverOps, Subsystem, SubsystemOps, hookimpl, state
+
+BOOTED = []
+
+
+@state(compatible="luo-test,fake-nic-state", version=1)
+class FakeNicState:
+    payload: bytes
+
+
+@state(compatible="luo-test,fake-subsystem-state", version=1)
+class FakeSubsystemState:
+    payload: bytes
+
+
+class FakeNicOps(DeviceDriverOps):
+    def probe(self, dev):
+        dev.driver_data = "probed"
+
+    def prepare(self, dev):
+        return FakeNicState(b"nic-state:" + dev.name.encode())
+
+    def restore(self, dev, data):
+        dev.driver_data = data.payload
+
+
+class FakeSubsystemOps(SubsystemOps):
+    def prepare(self):
+        return FakeSubsystemState(b"subsystem-state")
+
+    def boot(self, data):
+        BOOTED.append(data.payload)
+"""
+
+DRIVER_HOOK = """
+@hookimpl
+def luo_device_drivers():
+    yield DeviceDriver(
+        name={name!r}, compatible={compatibles!r}, ops=FakeNicOps(), schema=FakeNicState
+    )
+"""
+
+SUBSYSTEM_HOOK = """
+@hookimpl
+def luo_subsystems():
+    yield Subsystem(name={name!r}, ops=FakeSubsystemOps(), schema=FakeSubsystemState)
+"""
+
+
+def pack_source(
+    *,
+    driver: str | None = None,
+    compatibles: Sequence[str] = (),
+    subsystem: str | None = None,
+    extra: str = "",
+) -> str:
+    """A plugin module registering the given driver and subsystem, plus ``extra`` code."""
+    parts = [PRELUDE]
+    if driver is not None:
+        parts.append(DRIVER_HOOK.format(name=driver, compatibles=list(compatibles)))
+    if subsystem is not None:
+        parts.append(SUBSYSTEM_HOOK.format(name=subsystem))
+    parts.append(textwrap.dedent(extra))
+    return "\n".join(parts)
+
+
+@attrs.frozen
+class FakeDist:
+    """One fake installed distribution and the plugin module its entry point names."""
+
+    name: str
+    version: str
+    module: str
+
+    @property
+    def origin(self) -> PluginOrigin:
+        return PluginOrigin(self.name, self.version)
+
+
+class DistFactory:
+    """Installs fake distributions into one directory on ``sys.path``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.modules: list[str] = []
+
+    def __call__(
+        self,
+        name: str,
+        source: str | None,
+        *,
+        version: str = "1.0",
+        attr: str | None = None,
+        entry_point: str | None = None,
+        module: str | None = None,
+    ) -> FakeDist:
+        """Install ``name`` whose plugin module holds ``source``; its entry point is
+        called ``entry_point`` (default: the name's slug) and names ``module[:attr]``.
+
+        ``module`` defaults to a fresh ``luo_fake_<n>_<slug>``; with ``source`` None no
+        module is written (``module`` is importable from elsewhere, or not at all)."""
+        slug = re.sub(r"[^a-z0-9]+", "_", name.lower())
+        module = module or f"luo_fake_{next(_serial)}_{slug}"
+        # The directory stem must hold the escaped name: importlib.metadata
+        # deduplicates distributions by the part of the stem before the first "-".
+        info = self.root / f"{re.sub(r'[-_.]+', '_', name)}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+        )
+        target = module if attr is None else f"{module}:{attr}"
+        (info / "entry_points.txt").write_text(
+            f"[{ENTRY_POINT_GROUP}]\n{entry_point or slug} = {target}\n"
+        )
+        if source is not None:
+            (self.root / f"{module}.py").write_text(source)
+        self.modules.append(module)
+        importlib.invalidate_caches()
+        return FakeDist(name, version, module)
+
+    def good(self, name: str, stem: str, *, version: str = "1.0") -> FakeDist:
+        """A well-formed pack: driver ``<stem>-nic`` for ``luo-test,<stem>``, subsystem
+        ``<stem>-sub``."""
+        return self(
+            name,
+            pack_source(
+                driver=f"{stem}-nic", compatibles=[f"luo-test,{stem}"], subsystem=f"{stem}-sub"
+            ),
+            version=version,
+        )

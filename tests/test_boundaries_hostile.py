@@ -500,7 +500,7 @@ def test_boot_parameters_with_a_hostile_field_are_a_handoff_error(
         params = BootParams.from_bytes(blob)
     except HandoffError:
         return
-    assert isinstance(params, BootParams)  # some substitutions are valid (another root)
+    assert params.to_bytes() == blob  # accepted only if it is exactly valid (another root)
 
 
 @pytest.mark.parametrize(

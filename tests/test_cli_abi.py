@@ -22,6 +22,7 @@ from luo_core.abi._image import IMAGE
 from luo_core.cli import _abi, main
 from luo_core.kernel import _registry
 from luo_core.kernel._preflight import MAX_MANIFEST_BYTES, load_manifest
+from tests.journal import one_error
 
 ENTRY: dict[str, Any] = {
     "compatible": "luo,x",
@@ -60,13 +61,6 @@ def luo(argv: Sequence[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
         code = exc.code if isinstance(exc.code, int) else 1
     out, err = capsys.readouterr()
     return code, out, err.splitlines()
-
-
-def error(argv: Sequence[str], capsys: pytest.CaptureFixture[str]) -> str:
-    """The one line ``luo`` printed on stderr, having exited 1 with nothing on stdout."""
-    code, out, err = luo(argv, capsys)
-    assert (code, out, len(err)) == (1, "", 1), (code, out, err)
-    return err[0]
 
 
 @pytest.fixture
@@ -225,10 +219,11 @@ def test_a_malformed_manifest_is_one_line_naming_the_path(
 ) -> None:
     (here / "m.json").write_text(json.dumps(change(copy.deepcopy(MANIFEST))))
     assert (
-        error(["compat", "m.json", "good.json"], capsys) == f"luo compat: error: m.json: {problem}"
+        one_error(["compat", "m.json", "good.json"], capsys)
+        == f"luo compat: error: m.json: {problem}"
     )
     # NEW is checked the same way, and so is a prepare's target.
-    assert error(["compat", "good.json", "m.json"], capsys).endswith(f"m.json: {problem}")
+    assert one_error(["compat", "good.json", "m.json"], capsys).endswith(f"m.json: {problem}")
 
 
 @pytest.mark.parametrize(
@@ -251,7 +246,7 @@ def test_a_file_that_is_not_a_manifest_is_one_line(
     here: Path, capsys: pytest.CaptureFixture[str], content: bytes, problem: str
 ) -> None:
     (here / "m.json").write_bytes(content)
-    assert error(["compat", "good.json", "m.json"], capsys) == f"luo compat: error: {problem}"
+    assert one_error(["compat", "good.json", "m.json"], capsys) == f"luo compat: error: {problem}"
 
 
 def test_a_handoff_image_given_as_a_manifest_is_one_line(
@@ -260,7 +255,7 @@ def test_a_handoff_image_given_as_a_manifest_is_one_line(
     # The easy mistake: `luo compat m.json h.luo`.  A handoff image is a frame
     # (magic, version, length) around a CBOR array: the array's header is not UTF-8.
     (here / "h.luo").write_bytes(IMAGE.pack(cbor2.dumps([4096, 0, []])))
-    line = error(["compat", "good.json", "h.luo"], capsys)
+    line = one_error(["compat", "good.json", "h.luo"], capsys)
     assert line == (
         "luo compat: error: h.luo is not a manifest: not UTF-8 text (byte 0x83 at offset 12)"
     )
@@ -271,7 +266,7 @@ def test_an_integer_of_thousands_of_digits_is_named_not_converted(
 ) -> None:
     text = json.dumps(MANIFEST).replace('"version": 2', '"version": ' + "9" * 100_000)
     (here / "m.json").write_text(text)
-    assert error(["compat", "m.json", "good.json"], capsys) == (
+    assert one_error(["compat", "m.json", "good.json"], capsys) == (
         'luo compat: error: m.json: schemas."luo,x".version: expected an integer from 1 to '
         "4294967295, got an integer of 100000 digits"
     )
@@ -297,15 +292,15 @@ def test_a_valid_manifest_of_extreme_versions_is_compared_in_bounded_time(
 
 
 def test_a_missing_file_is_one_line(here: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    line = error(["compat", "good.json", "nope.json"], capsys)
+    line = one_error(["compat", "good.json", "nope.json"], capsys)
     assert line == "luo compat: error: nope.json: No such file or directory"
-    line = error(["compat", "good.json", "no\npe.json"], capsys)
+    line = one_error(["compat", "good.json", "no\npe.json"], capsys)
     assert line == "luo compat: error: no\\npe.json: No such file or directory"
 
 
 def test_a_directory_is_refused(here: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (here / "dir").mkdir()
-    line = error(["compat", "dir", "good.json"], capsys)
+    line = one_error(["compat", "dir", "good.json"], capsys)
     assert line == "luo compat: error: dir: a directory, not a regular file"
 
 
@@ -313,14 +308,14 @@ def test_a_fifo_is_refused_without_waiting_for_a_writer(
     here: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     os.mkfifo(here / "fifo")
-    line = error(["compat", "good.json", "fifo"], capsys)
+    line = one_error(["compat", "good.json", "fifo"], capsys)
     assert line == "luo compat: error: fifo: a named pipe, not a regular file"
 
 
 def test_a_file_name_with_control_characters_is_shown_escaped(
     here: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    line = error(["compat", "a\x1b[2Jb.json", "good.json"], capsys)
+    line = one_error(["compat", "a\x1b[2Jb.json", "good.json"], capsys)
     assert line == "luo compat: error: a\\x1b[2Jb.json: No such file or directory"
 
 
@@ -328,7 +323,7 @@ def test_a_file_name_with_control_characters_is_shown_escaped(
 def test_a_device_is_refused_before_it_is_read(
     here: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    line = error(["compat", "/dev/zero", "good.json"], capsys)
+    line = one_error(["compat", "/dev/zero", "good.json"], capsys)
     assert line == "luo compat: error: /dev/zero: a character device, not a regular file"
 
 
@@ -337,7 +332,7 @@ def test_a_file_beyond_the_largest_manifest_is_refused_before_it_is_read(
 ) -> None:
     with open(here / "big.json", "wb") as file:  # sparse: nothing to write, nothing to read
         file.truncate(MAX_MANIFEST_BYTES + 1)
-    line = error(["compat", "big.json", "good.json"], capsys)
+    line = one_error(["compat", "big.json", "good.json"], capsys)
     assert line == (
         "luo compat: error: big.json: 16777217 bytes, larger than any manifest (at most 16 MiB)"
     )
@@ -347,7 +342,7 @@ def test_a_file_name_that_is_not_one_line_is_printed_as_one(
     here: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (here / "a\nb.json").write_text("[]")
-    line = error(["compat", "a\nb.json", "good.json"], capsys)
+    line = one_error(["compat", "a\nb.json", "good.json"], capsys)
     assert line == (
         'luo compat: error: a\\nb.json is not a luo ABI manifest (an object with "format": 1)'
     )
@@ -372,13 +367,13 @@ def test_a_malformed_manifest_on_stdin_is_named_stdin(
     here: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stdin(monkeypatch, b"\xff\xfe")
-    line = error(["compat", "-", "good.json"], capsys)
+    line = one_error(["compat", "-", "good.json"], capsys)
     assert (
         line
         == "luo compat: error: <stdin> is not a manifest: not UTF-8 text (byte 0xff at offset 0)"
     )
     stdin(monkeypatch, json.dumps(at(*X, "version", value=-1)(copy.deepcopy(MANIFEST))).encode())
-    line = error(["compat", "good.json", "-"], capsys)
+    line = one_error(["compat", "good.json", "-"], capsys)
     assert line == (
         'luo compat: error: <stdin>: schemas."luo,x".version: expected an integer from 1 to '
         "4294967295, got -1"
@@ -389,7 +384,7 @@ def test_stdin_beyond_the_largest_manifest_is_refused(
     here: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stdin(monkeypatch, b" " * (MAX_MANIFEST_BYTES + 1))
-    line = error(["compat", "-", "good.json"], capsys)
+    line = one_error(["compat", "-", "good.json"], capsys)
     assert line == (
         "luo compat: error: <stdin>: 16777217 bytes, larger than any manifest (at most 16 MiB)"
     )
@@ -539,7 +534,7 @@ def test_an_incomplete_manifest_is_never_compatible(
 def test_manifest_output_to_a_missing_folder_is_one_line(
     here: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    line = error(["manifest", "-o", "no/such/dir/m.json"], capsys)
+    line = one_error(["manifest", "-o", "no/such/dir/m.json"], capsys)
     assert line.startswith("luo manifest: error: no/such/dir")
     assert line.endswith(": No such file or directory")
 

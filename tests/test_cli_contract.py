@@ -9,12 +9,10 @@ refusal happens before any check runs.
 from __future__ import annotations
 
 import argparse
-import importlib
 import io
 import json
 import sys
 import tomllib
-from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from luo_core.cli._contract import Check
 from luo_core.errors import PluginError
 from luo_core.platform._models import DISABLE_ENV, ENTRY_POINT_GROUP, normalize
 from luo_core.testing._installed import find_pack, resolve_pack
-from tests.test_registry import DistFactory, pack_source
+from tests.journal import DistFactory, one_error, pack_source
 
 CONTRACT_HOOK = """
 from luo_core.testing import Contract
@@ -48,27 +46,9 @@ def _only_known_packs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(DISABLE_ENV, ",".join(sorted(others)))
 
 
-@pytest.fixture
-def make_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[DistFactory]:
-    site = tmp_path / "site"
-    site.mkdir()
-    monkeypatch.syspath_prepend(str(site))
-    factory = DistFactory(site)
-    yield factory
-    for module in factory.modules:
-        sys.modules.pop(module, None)
-    importlib.invalidate_caches()
-
-
 def refusal(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
-    """Run ``luo contract ...``: it must exit 1 with one line on stderr, nothing on stdout."""
-    assert main(["contract", *argv]) == 1
-    captured = capsys.readouterr()
-    lines = captured.err.splitlines()
-    assert len(lines) == 1, captured.err
-    assert captured.out == ""
-    assert lines[0].startswith("luo contract: error: ")
-    return lines[0].removeprefix("luo contract: error: ")
+    """Run ``luo contract ...``: its one error line (see ``one_error``), without the prefix."""
+    return one_error(["contract", *argv], capsys).removeprefix("luo contract: error: ")
 
 
 # -- a pack that cannot be tested is one line, before any check runs -------------
@@ -180,12 +160,9 @@ def test_the_command_new_driver_prints_finds_the_pack_it_made(
     # Install it as pip would: its pyproject's name and entry point, its package importable.
     project = tomllib.loads((tmp_path / "pack" / "pyproject.toml").read_text())["project"]
     [(ep_name, target)] = project["entry-points"][ENTRY_POINT_GROUP].items()
-    info = make_dist.root / f"luo_acme_bar-{project['version']}.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(
-        f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n"
+    make_dist(
+        project["name"], None, version=project["version"], entry_point=ep_name, module=target
     )
-    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n{ep_name} = {target}\n")
     sys.path.insert(0, str(tmp_path / "pack"))
     try:
         for name in ("acme-bar", "luo-acme-bar"):

@@ -16,18 +16,10 @@ from luo_core.abi._frame import HEADER
 from luo_core.abi._image import IMAGE
 from luo_core.cli import main
 from luo_core.cli._inspect import MAX_IMAGE_BYTES, show
+from tests.journal import one_error
 from tests.test_handoff_fuzz import real_handoff
 
 MAC = re.compile(r"^ {6}mac = ([0-9a-f]{2}:){5}[0-9a-f]{2}$", re.MULTILINE)
-
-
-def one_error(capsys: pytest.CaptureFixture[str]) -> str:
-    captured = capsys.readouterr()
-    lines = captured.err.splitlines()
-    assert len(lines) == 1, captured.err
-    assert lines[0].startswith("luo inspect: error: ")
-    assert captured.out == ""
-    return lines[0]
 
 
 class Stdin:
@@ -111,8 +103,7 @@ def test_stdin_is_read_with_a_dash(
 
 
 def test_dev_zero_is_refused_before_it_is_read(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["inspect", "/dev/zero"]) == 1
-    assert one_error(capsys) == (
+    assert one_error(["inspect", "/dev/zero"], capsys) == (
         "luo inspect: error: /dev/zero: a character device, not a regular file: "
         "a handoff is a file written by luo demo --save-handoff"
     )
@@ -123,13 +114,13 @@ def test_a_named_pipe_is_refused_without_waiting_for_a_writer(
 ) -> None:
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    assert main(["inspect", str(fifo)]) == 1
-    assert f"{fifo}: a named pipe, not a regular file" in one_error(capsys)
+    assert f"{fifo}: a named pipe, not a regular file" in one_error(["inspect", str(fifo)], capsys)
 
 
 def test_a_directory_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["inspect", str(tmp_path)]) == 1
-    assert f"{tmp_path}: a directory, not a regular file" in one_error(capsys)
+    assert f"{tmp_path}: a directory, not a regular file" in one_error(
+        ["inspect", str(tmp_path)], capsys
+    )
 
 
 def test_a_file_name_with_control_characters_is_shown_escaped(
@@ -137,8 +128,7 @@ def test_a_file_name_with_control_characters_is_shown_escaped(
 ) -> None:
     hostile = tmp_path / "h\x1b]0;owned\x07.luo"
     hostile.write_bytes(b"not a handoff")
-    assert main(["inspect", str(hostile)]) == 1
-    line = one_error(capsys)
+    line = one_error(["inspect", str(hostile)], capsys)
     assert "\x1b" not in line and "\x07" not in line
     assert "h\\x1b]0;owned\\x07.luo: not a luo handoff image" in line
 
@@ -150,8 +140,7 @@ def test_a_file_larger_than_any_handoff_is_refused_before_it_is_read(
     with big.open("wb") as f:
         f.truncate(MAX_IMAGE_BYTES + 1)  # sparse: costs no disk
     assert IMAGE.max_body + 16 == MAX_IMAGE_BYTES  # the frame's header and checksum
-    assert main(["inspect", str(big)]) == 1
-    assert one_error(capsys) == (
+    assert one_error(["inspect", str(big)], capsys) == (
         f"luo inspect: error: {big}: {MAX_IMAGE_BYTES + 1} bytes, larger than the largest "
         f"handoff image ({MAX_IMAGE_BYTES} bytes)"
     )
@@ -162,8 +151,7 @@ def test_endless_zeros_on_stdin_are_refused_after_the_header(
 ) -> None:
     stdin = Stdin(Endless())
     monkeypatch.setattr("sys.stdin", stdin)
-    assert main(["inspect", "-"]) == 1
-    assert "<stdin>: not a luo handoff image: magic" in one_error(capsys)
+    assert "<stdin>: not a luo handoff image: magic" in one_error(["inspect", "-"], capsys)
     assert stdin.read_bytes == HEADER.size
 
 
@@ -173,8 +161,9 @@ def test_stdin_is_read_no_further_than_the_size_its_header_declares(
     header = HEADER.pack(IMAGE.magic, IMAGE.format, 0, 100)
     stdin = Stdin(Endless(header, b"x"))
     monkeypatch.setattr("sys.stdin", stdin)
-    assert main(["inspect", "-"]) == 1
-    assert "<stdin>: more bytes follow the handoff image's 116 bytes" in one_error(capsys)
+    assert "<stdin>: more bytes follow the handoff image's 116 bytes" in one_error(
+        ["inspect", "-"], capsys
+    )
     assert stdin.read_bytes == 117
 
 
@@ -184,16 +173,14 @@ def test_a_damaged_handoff_is_one_line_naming_the_file(
     blob = bytearray(handoff.read_bytes())
     blob[len(blob) // 2] ^= 0xFF
     handoff.write_bytes(bytes(blob))
-    assert main(["inspect", str(handoff)]) == 1
-    assert one_error(capsys) == (
+    assert one_error(["inspect", str(handoff)], capsys) == (
         f"luo inspect: error: {handoff}: handoff image checksum mismatch: "
         "the handoff image is corrupted"
     )
 
 
 def test_a_missing_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["inspect", str(tmp_path / "nope.luo")]) == 1
-    assert "nope.luo" in one_error(capsys)
+    assert "nope.luo" in one_error(["inspect", str(tmp_path / "nope.luo")], capsys)
 
 
 def test_an_empty_name_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,7 +17,6 @@ from luo_core import (
     Machine,
     State,
     hookimpl,
-    state,
 )
 from luo_core.errors import (
     BusyError,
@@ -36,13 +35,7 @@ from luo_core.platform import (
     default_host,
     flat_host,
 )
-from tests.journal import JournalPack
-
-
-@state(compatible="luo,test-empty", version=1)
-class Empty:
-    """The state of a test driver that hands over nothing."""
-
+from tests.journal import Empty, JournalPack
 
 MARKER = 0x100
 """A BAR 0 offset no device model uses: a word that only a reset clears."""

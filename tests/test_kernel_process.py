@@ -24,7 +24,7 @@ from luo_core.abi import _wire
 from luo_core.abi._boot import BootParams, KernelConfig
 from luo_core.abi._frame import HEADER
 from luo_core.errors import LiveUpdateError, PeerGoneError
-from luo_core.kexec._process import _rebuild
+from luo_core.kexec._process import _rebuild, launch_image
 from luo_core.platform import HardwareProcess, default_host
 
 WAIT = 30.0
@@ -35,29 +35,14 @@ class Image:
     """A kernel image process we started, with our ends of its sockets."""
 
     def __init__(self, *, next_kernel: bool) -> None:
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        command = [sys.executable, "-m", "luo_core.kexec", "--control-fd", str(theirs.fileno())]
-        passed = [theirs.fileno()]
-        self.cpr: socket.socket | None = None
-        cpr_theirs: socket.socket | None = None
-        if next_kernel:
-            self.cpr, cpr_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.process, self.control, self.cpr = launch_image(
+            sys.executable,
+            next_kernel=next_kernel,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        if self.cpr is not None:
             self.cpr.settimeout(WAIT)
-            command += ["--cpr-fd", str(cpr_theirs.fileno())]
-            passed.append(cpr_theirs.fileno())
-        try:
-            self.process = subprocess.Popen(
-                command,
-                pass_fds=passed,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-        finally:
-            theirs.close()
-            if cpr_theirs is not None:
-                cpr_theirs.close()
-        self.control = mine
         self.control.settimeout(WAIT)
         self.output = ""
 
@@ -384,4 +369,4 @@ def test_prepare_with_a_descriptor_that_is_not_a_socket_is_a_typed_error(
     finally:
         os.close(r)
         os.close(w)
-    assert hasattr(errors, reply["error"]["type"])
+    typed(reply, errors.HandoffError, 74, "descriptor is not a socket")

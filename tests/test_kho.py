@@ -11,7 +11,6 @@ from luo_core import (
     Kernel,
     Machine,
     PhysAddr,
-    State,
     Subsystem,
     SubsystemOps,
     hookimpl,
@@ -19,10 +18,11 @@ from luo_core import (
     u64,
 )
 from luo_core.abi import MemRange, decode_record, decode_state, read_root
-from luo_core.errors import CallbackError, KhoError, OutOfMemoryError
+from luo_core.errors import KhoError, OutOfMemoryError
 from luo_core.kernel._alloc import PageAllocator
 from luo_core.kernel._kho import KexecHandover
 from luo_core.platform import PhysicalMemory
+from tests.journal import assert_raw_bytes_refused
 
 PAGE = 4096
 MIB = 1 << 20
@@ -207,12 +207,7 @@ def test_raw_bytes_are_not_a_handoff_format() -> None:
     kernel = Kernel.boot(
         Machine(memory_size=64 * MIB, scratch_size=4 * MIB), plugins=[RawGuestPack], discover=False
     )
-    with pytest.raises(CallbackError, match="raw bytes are not a handoff format") as caught:
-        kernel.prepare()
-    assert (caught.value.participant, caught.value.phase) == ("subsystem:guest", "prepare")
-    assert "expected its schema GuestRecord" in str(caught.value)
-    assert kernel.state is State.NORMAL
-    assert kernel.kho.nodes == {}
+    assert_raw_bytes_refused(kernel, "subsystem:guest", "expected its schema GuestRecord")
 
 
 def test_liveupdate_number_counts_updates_in_the_root() -> None:

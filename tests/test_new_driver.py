@@ -15,7 +15,6 @@ import pytest
 
 from luo_core.cli import main
 from luo_core.cli._scaffold import scaffold
-from luo_core.platform._models import ENTRY_POINT_GROUP
 from luo_core.testing import (
     check_cancel,
     check_deterministic_across_processes,
@@ -27,6 +26,7 @@ from luo_core.testing import (
     check_round_trip_across_processes,
     contracts_of,
 )
+from tests.journal import DistFactory
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -139,13 +139,9 @@ def test_a_name_whose_package_is_importable_is_refused(
 
 
 def test_a_name_an_installed_pack_answers_to_is_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, make_dist: DistFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    info = tmp_path / "acme_drivers-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-drivers\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\nacme-nic = acme_drivers\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    make_dist("acme-drivers", None, entry_point="acme-nic", module="acme_drivers")
     assert refused(capsys, "acme-nic", tmp_path / "x") == (
         "luo new-driver: error: driver name 'acme-nic' is already the entry point of installed "
         "pack acme-drivers; choose another name"

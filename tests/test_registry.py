@@ -8,19 +8,15 @@ plugin modules into a directory on ``sys.path``, so discovery goes through
 from __future__ import annotations
 
 import errno
-import importlib
 import itertools
 import json
 import os
 import re
 import sys
-import textwrap
-from collections.abc import Callable, Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, MutableMapping
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
-import attrs
 import pytest
 import structlog
 from structlog.testing import capture_logs
@@ -30,16 +26,16 @@ from luo_core import (
     DeviceDriverOps,
     Kernel,
     Machine,
-    State,
     Subsystem,
     SubsystemOps,
 )
 from luo_core.cli import main
-from luo_core.errors import CallbackError, PluginConflictError
+from luo_core.errors import PluginConflictError
 from luo_core.kernel._records import PluginOrigin
 from luo_core.kernel._registry import PackInfo, PluginRegistry, load_plugins
 from luo_core.platform import EXAMPLE_NIC
 from luo_core.platform._models import DISABLE_ENV, ENTRY_POINT_GROUP, normalize
+from tests.journal import DistFactory, FakeDist, assert_raw_bytes_refused, pack_source
 
 EXAMPLE_PACK = "luo-example-nic"
 LogEvent = MutableMapping[str, Any]
@@ -48,55 +44,6 @@ RunLuo = Callable[..., tuple[int, str, str]]
 _serial = itertools.count()
 
 # -- installing fake packs ----------------------------------------------------
-
-PRELUDE = """\
-from luo_core import DeviceDriver, DeviceDriverOps, Subsystem, SubsystemOps, hookimpl, state
-
-BOOTED = []
-
-
-@state(compatible="luo-test,fake-nic-state", version=1)
-class FakeNicState:
-    payload: bytes
-
-
-@state(compatible="luo-test,fake-subsystem-state", version=1)
-class FakeSubsystemState:
-    payload: bytes
-
-
-class FakeNicOps(DeviceDriverOps):
-    def probe(self, dev):
-        dev.driver_data = "probed"
-
-    def prepare(self, dev):
-        return FakeNicState(b"nic-state:" + dev.name.encode())
-
-    def restore(self, dev, data):
-        dev.driver_data = data.payload
-
-
-class FakeSubsystemOps(SubsystemOps):
-    def prepare(self):
-        return FakeSubsystemState(b"subsystem-state")
-
-    def boot(self, data):
-        BOOTED.append(data.payload)
-"""
-
-DRIVER_HOOK = """
-@hookimpl
-def luo_device_drivers():
-    yield DeviceDriver(
-        name={name!r}, compatible={compatibles!r}, ops=FakeNicOps(), schema=FakeNicState
-    )
-"""
-
-SUBSYSTEM_HOOK = """
-@hookimpl
-def luo_subsystems():
-    yield Subsystem(name={name!r}, ops=FakeSubsystemOps(), schema=FakeSubsystemState)
-"""
 
 FACTORY_PACK = """
 BUILT = []
@@ -131,84 +78,6 @@ BUILT.clear()  # count only what kernels build
 """
 
 
-def pack_source(
-    *,
-    driver: str | None = None,
-    compatibles: Sequence[str] = (),
-    subsystem: str | None = None,
-    extra: str = "",
-) -> str:
-    """A plugin module registering the given driver and subsystem, plus ``extra`` code."""
-    parts = [PRELUDE]
-    if driver is not None:
-        parts.append(DRIVER_HOOK.format(name=driver, compatibles=list(compatibles)))
-    if subsystem is not None:
-        parts.append(SUBSYSTEM_HOOK.format(name=subsystem))
-    parts.append(textwrap.dedent(extra))
-    return "\n".join(parts)
-
-
-@attrs.frozen
-class FakeDist:
-    """One fake installed distribution and the plugin module its entry point names."""
-
-    name: str
-    version: str
-    module: str
-
-    @property
-    def origin(self) -> PluginOrigin:
-        return PluginOrigin(self.name, self.version)
-
-
-class DistFactory:
-    """Installs fake distributions into one directory on ``sys.path``."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.modules: list[str] = []
-
-    def __call__(
-        self,
-        name: str,
-        source: str,
-        *,
-        version: str = "1.0",
-        attr: str | None = None,
-        entry_point: str | None = None,
-    ) -> FakeDist:
-        """Install ``name`` whose plugin module holds ``source``; its entry point is
-        called ``entry_point`` (default: the name's slug) and names ``module[:attr]``."""
-        slug = re.sub(r"[^a-z0-9]+", "_", name.lower())
-        module = f"luo_fake_{next(_serial)}_{slug}"
-        # The directory stem must hold the escaped name: importlib.metadata
-        # deduplicates distributions by the part of the stem before the first "-".
-        info = self.root / f"{re.sub(r'[-_.]+', '_', name)}-{version}.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(
-            f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
-        )
-        target = module if attr is None else f"{module}:{attr}"
-        (info / "entry_points.txt").write_text(
-            f"[{ENTRY_POINT_GROUP}]\n{entry_point or slug} = {target}\n"
-        )
-        (self.root / f"{module}.py").write_text(source)
-        self.modules.append(module)
-        importlib.invalidate_caches()
-        return FakeDist(name, version, module)
-
-    def good(self, name: str, stem: str, *, version: str = "1.0") -> FakeDist:
-        """A well-formed pack: driver ``<stem>-nic`` for ``luo-test,<stem>``, subsystem
-        ``<stem>-sub``."""
-        return self(
-            name,
-            pack_source(
-                driver=f"{stem}-nic", compatibles=[f"luo-test,{stem}"], subsystem=f"{stem}-sub"
-            ),
-            version=version,
-        )
-
-
 @pytest.fixture(autouse=True)
 def _only_known_packs(monkeypatch: pytest.MonkeyPatch) -> None:
     """Block installed packs other than the example one, so results depend only on
@@ -219,16 +88,6 @@ def _only_known_packs(monkeypatch: pytest.MonkeyPatch) -> None:
         if ep.dist is not None
     } - {EXAMPLE_PACK}
     monkeypatch.setenv(DISABLE_ENV, ",".join(sorted(others)))
-
-
-@pytest.fixture
-def make_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[DistFactory]:
-    monkeypatch.syspath_prepend(str(tmp_path))
-    factory = DistFactory(tmp_path)
-    yield factory
-    for module in factory.modules:
-        sys.modules.pop(module, None)
-    importlib.invalidate_caches()
 
 
 @pytest.fixture
@@ -484,13 +343,9 @@ def test_an_installed_pack_handing_over_raw_bytes_fails_prepare(make_dist: DistF
     assert only_pack(kernel.registry, dist.name).status == "loaded"
     kernel.devices.request("raw0")
 
-    with pytest.raises(CallbackError, match="raw bytes are not a handoff format") as caught:
-        kernel.prepare()
-
-    assert (caught.value.participant, caught.value.phase) == ("device:raw0", "prepare")
-    assert "raw-nic returned bytes, expected its schema FakeNicState" in str(caught.value)
-    assert kernel.state is State.NORMAL
-    assert kernel.kho.nodes == {}
+    assert_raw_bytes_refused(
+        kernel, "device:raw0", "raw-nic returned bytes, expected its schema FakeNicState"
+    )
 
 
 # -- broken packs are reported once and skipped -------------------------------

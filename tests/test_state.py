@@ -22,7 +22,6 @@ from luo_core import (
     Subsystem,
     SubsystemOps,
     hookimpl,
-    state,
 )
 from luo_core.errors import (
     BusyError,
@@ -34,12 +33,7 @@ from luo_core.errors import (
     TryAgainError,
 )
 from luo_core.kernel._state import TRANSITIONS, Event, StateMachine
-from tests.journal import JournalPack, JournalRecord
-
-
-@state(compatible="luo,test-empty", version=1)
-class Empty:
-    """The state of a participant that hands over nothing."""
+from tests.journal import Empty, JournalPack, JournalRecord
 
 
 def to_state(kernel: Kernel, state: State) -> Kernel:

@@ -15,19 +15,14 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from luo_core import Kernel, State, Subsystem, SubsystemOps, state
+from luo_core import Kernel, State, Subsystem, SubsystemOps
 from luo_core.errors import CallbackError, LiveUpdateError
 from luo_core.platform import default_host
-from tests.journal import JournalPack
+from tests.journal import Empty, JournalPack
 
 NICS = ("0000:01:00.0", "0000:01:00.1", "0000:02:00.0")
 EXTRA = ("x1", "x2")
 FAIL = st.integers(0, 3).map(lambda n: n == 0)  # a quarter of the attempts fail
-
-
-@state(compatible="luo,test-empty", version=1)
-class Empty:
-    """The state of the extra subsystems: they hand over nothing."""
 
 
 LEGAL = {

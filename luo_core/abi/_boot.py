@@ -25,13 +25,13 @@ import attrs
 from luo_core.abi._cbor import decode_canonical, encode_canonical
 from luo_core.abi._frame import FrameKind
 from luo_core.abi._machine import Machine
-from luo_core.errors import HandoffError, LiveUpdateError, MachineError, PluginError
+from luo_core.abi._types import is_u64
+from luo_core.errors import HandoffError, LiveUpdateError, PluginError
 
 BOOT: Final = FrameKind("boot parameters", b"LUOB", 1, max_body=16 << 20)
 MAX_WORKERS: Final = 256
 MAX_PLUGINS: Final = 256
 _REF: Final = re.compile(r"^[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?$")
-_U64: Final = 1 << 64
 
 PluginFactory = str | types.ModuleType | Callable[[], object]
 
@@ -197,7 +197,7 @@ class BootParams:
             wire = decode_canonical(BOOT.unpack(blob))
         except HandoffError as exc:
             raise HandoffError(f"boot parameters: {exc}") from None
-        if not isinstance(wire, dict) or set(wire) != {
+        if set(wire) != {
             "hardware",
             "machine",
             "config",
@@ -207,11 +207,11 @@ class BootParams:
         hardware, root = wire["hardware"], wire["kho-root"]
         if not (isinstance(hardware, str) and hardware.startswith(("unix:", "local:"))):
             raise HandoffError(f"boot parameters: hardware address {hardware!r:.60} is not valid")
-        if root is not None and not (type(root) is int and 0 <= root < _U64):
+        if root is not None and not is_u64(root):
             raise HandoffError(f"boot parameters: KHO root {root!r:.40} is not a u64")
         try:
             machine = Machine.from_wire(wire["machine"])
             config = KernelConfig.from_wire(wire["config"])
-        except (MachineError, PluginError, LiveUpdateError) as exc:
+        except LiveUpdateError as exc:
             raise HandoffError(f"boot parameters: {exc}") from None
         return cls(hardware, machine, config, root)

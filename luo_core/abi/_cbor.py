@@ -186,13 +186,16 @@ def scan(
         raise DecodeError(f"{end - pos} trailing bytes after the payload")
 
 
-def decode_strict(data: bytes, *, max_depth: int = MAX_DEPTH, max_items: int = MAX_ITEMS) -> Any:
-    """The one CBOR item in ``data``, after :func:`scan` accepted it: only maps with text
-    keys in order, arrays, integers of 64 bits, text, bytes, booleans and null; no tags,
-    no floats, no shared references, bounded in depth and size."""
+def decode_strict(
+    data: bytes, *, max_depth: int = MAX_DEPTH, max_items: int = MAX_ITEMS, any_top: bool = True
+) -> Any:
+    """The one CBOR item in ``data`` (a map, unless ``any_top``), after :func:`scan`
+    accepted it: only maps with text keys in order, arrays, integers of 64 bits, text,
+    bytes, booleans and null; no tags, no floats, no shared references, bounded in depth
+    and size."""
     if not isinstance(data, bytes):
         raise DecodeError(f"payload must be bytes, not {type(data).__name__}")
-    scan(data, max_depth=max_depth, max_items=max_items, any_top=True)
+    scan(data, max_depth=max_depth, max_items=max_items, any_top=any_top)
     try:
         return cbor2.loads(
             data, max_depth=max_depth + 1, allow_indefinite=False, allow_duplicate_keys=False
@@ -205,11 +208,9 @@ def decode_canonical(
     data: bytes, *, max_depth: int = MAX_DEPTH, max_items: int = MAX_ITEMS
 ) -> dict[str, Any]:
     """The payload map in ``data``, after :func:`scan` accepted it."""
-    if isinstance(data, bytes) and data[:1] and data[0] >> 5 != 5:
-        raise DecodeError("the payload is not a CBOR map")
-    value = decode_strict(data, max_depth=max_depth, max_items=max_items)
-    if not isinstance(value, dict):
-        raise DecodeError("the payload is not a CBOR map")
+    value: dict[str, Any] = decode_strict(
+        data, max_depth=max_depth, max_items=max_items, any_top=False
+    )
     return value
 
 

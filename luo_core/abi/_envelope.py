@@ -35,17 +35,13 @@ _VERSION: Final = struct.Struct("<I")
 _MAX_COMPATIBLE: Final = 63
 OVERHEAD: Final = FRAME_OVERHEAD + _NAME_LEN.size + _VERSION.size
 """Envelope bytes around the compatible and the payload (21)."""
-RECORD: Final = FrameKind(
-    "record",
-    MAGIC,
-    FORMAT,
-    MAX_PAYLOAD + _NAME_LEN.size + _MAX_COMPATIBLE + _VERSION.size,
-    error=EnvelopeError,
-)
 
 
 def _frame_limit(max_payload: int) -> int:
     return max_payload + _NAME_LEN.size + _MAX_COMPATIBLE + _VERSION.size
+
+
+RECORD: Final = FrameKind("record", MAGIC, FORMAT, _frame_limit(MAX_PAYLOAD), error=EnvelopeError)
 
 
 @attrs.frozen

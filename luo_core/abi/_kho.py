@@ -20,6 +20,7 @@ import attrs
 import cbor2
 
 from luo_core.abi._frame import HEADER, FrameKind
+from luo_core.abi._types import is_u64
 from luo_core.errors import HandoffError, LiveUpdateError
 
 ROOT = FrameKind("KHO root", b"LUOK", 2, max_body=16 << 20)
@@ -160,7 +161,7 @@ def _read_root(memory: Memory, phys: int) -> HandedOver:
     if not (isinstance(body, list) and len(body) == 3):
         raise HandoffError(f"{where}: body is not [number, nodes, preserved]")
     number, raw_nodes, raw_ranges = body
-    if not _is_u64(number):
+    if not is_u64(number):
         raise HandoffError(f"{where}: liveupdate-number is not a u64")
     preserved = tuple(_range(item, memory, where) for item in _list(raw_ranges, where))
     for a, b in itertools.pairwise(preserved):
@@ -181,14 +182,6 @@ def _read_root(memory: Memory, phys: int) -> HandedOver:
     return HandedOver(root, number, nodes, preserved)
 
 
-_U64 = 1 << 64
-
-
-def _is_u64(value: object) -> bool:
-    # type() is: bool is an int subclass, and this runs once per field on the kexec path.
-    return type(value) is int and 0 <= value < _U64
-
-
 def _list(value: object, where: str) -> list[object]:
     if not isinstance(value, list):
         raise HandoffError(f"{where}: expected a list")
@@ -196,7 +189,7 @@ def _list(value: object, where: str) -> list[object]:
 
 
 def _range(item: object, memory: Memory, where: str) -> MemRange:
-    if not (type(item) is list and len(item) == 2 and _is_u64(item[0]) and _is_u64(item[1])):
+    if not (type(item) is list and len(item) == 2 and is_u64(item[0]) and is_u64(item[1])):
         raise HandoffError(f"{where}: malformed preserved range ({_shape(item)})")
     start, size = item
     page = memory.PAGE_SIZE
@@ -218,9 +211,9 @@ def _node(item: object, where: str) -> KhoNode:
         and len(item) == 5
         and type(item[0]) is str
         and type(item[1]) is str
-        and _is_u64(item[2])
-        and _is_u64(item[3])
-        and _is_u64(item[4])
+        and is_u64(item[2])
+        and is_u64(item[3])
+        and is_u64(item[4])
         and _NAME.fullmatch(item[0])
         and _NAME.fullmatch(item[1])
     ):

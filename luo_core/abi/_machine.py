@@ -17,6 +17,7 @@ from typing import Any, Final
 
 import attrs
 
+from luo_core.abi._types import is_u64
 from luo_core.errors import MachineError
 
 PAGE_SIZE: Final = 4096
@@ -27,7 +28,6 @@ _BDF: Final = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$")
 _NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:._+-]{0,63}$")
 _WORD: Final = re.compile(r"^[a-z0-9][a-z0-9,._+-]{0,62}$")
 _PARAM: Final = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-_U64: Final = 1 << 64
 
 
 def _params(value: Mapping[str, int] | None) -> Mapping[str, int]:
@@ -37,7 +37,7 @@ def _params(value: Mapping[str, int] | None) -> Mapping[str, int]:
     for key, item in items.items():
         if not isinstance(key, str) or not _PARAM.fullmatch(key):
             raise MachineError(f"parameter name {key!r} must be 1-32 chars of [a-z0-9_]")
-        if type(item) is not int or not 0 <= item < _U64:
+        if not is_u64(item):
             raise MachineError(f"parameter {key}={item!r} is not a u64")
     return dict(sorted(items.items()))
 

@@ -24,7 +24,7 @@ from luo_core.abi._manifest_check import (
     parse_type,
 )
 from luo_core.abi._schema import FieldSpec, schema_of
-from luo_core.abi._types import ClassType, FieldType
+from luo_core.abi._types import ClassType, FieldInfo, FieldType
 
 Level = Literal["error", "warning", "info"]
 Direction = Literal["update", "rollback"]
@@ -71,15 +71,13 @@ def manifest_entry(cls: type[Any]) -> dict[str, Any]:
     }
 
 
-def _describe(fields: Iterable[FieldSpec]) -> list[dict[str, Any]]:
+def _describe(fields: Iterable[FieldSpec | FieldInfo]) -> list[dict[str, Any]]:
     return [{"name": f.name, "type": f.type.name, "default": f.has_default} for f in fields]
 
 
 def _collect_structs(ftype: FieldType, into: dict[str, list[dict[str, Any]]]) -> None:
     if isinstance(ftype, ClassType) and ftype.name not in into:
-        into[ftype.name] = [
-            {"name": f.name, "type": f.type.name, "default": f.has_default} for f in ftype.fields
-        ]
+        into[ftype.name] = _describe(ftype.fields)
     for child in ftype.children():
         _collect_structs(child, into)
 

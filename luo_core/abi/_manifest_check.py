@@ -16,12 +16,13 @@ from typing import Any, Final, Literal, NoReturn
 import attrs
 
 from luo_core.abi._schema import _SECTION_NAME, COMPATIBLE
+from luo_core.abi._types import PhysAddr, int_spec, s8, s16, s32, s64, u8, u16, u32, u64
 from luo_core.errors import ManifestError
 
 _INT_RANGES: Final = {
-    **{f"u{bits}": (0, (1 << bits) - 1) for bits in (8, 16, 32, 64)},
-    **{f"s{bits}": (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) for bits in (8, 16, 32, 64)},
-    "phys_addr": (0, (1 << 64) - 1),
+    spec.name: (spec.lo, spec.hi)
+    for spec in (int_spec(tp) for tp in (u8, u16, u32, u64, s8, s16, s32, s64, PhysAddr))
+    if spec is not None
 }
 _SCALARS: Final = frozenset({"bool", "bytes", "str"})
 MAX_TYPE_DEPTH: Final = 32
@@ -171,8 +172,6 @@ class BadType(ValueError):
 
 _WORD: Final = re.compile(r"[a-z0-9_]+")
 _IDENTIFIER: Final = re.compile(r"[^\W\d]\w*")
-# A compatible in a type string: COMPATIBLE without its anchors.
-_CLASS_COMPATIBLE: Final = re.compile(r"[a-z0-9][a-z0-9,._+-]{0,62}")
 _MEMBER: Final = re.compile(r'([^\W\d]\w*)=(-?[0-9]{1,20}|"[^"]*")')
 _ENUM_INTS: Final = (-(1 << 63), (1 << 64) - 1)  # what an enum's int values may be
 
@@ -234,7 +233,7 @@ class _TypeParser:
         if self.take("enum:"):
             return TypeName("enum", *self.enum(start))
         if self.take("state:"):
-            compatible = self.match(_CLASS_COMPATIBLE, "a compatible").group()
+            compatible = self.match(COMPATIBLE, "a compatible").group()
             if compatible.endswith(",") and self.text.startswith(" ", self.pos):
                 self.pos -= 1  # the comma of ", ...]", not of the compatible
             return TypeName("class", self.text[start : self.pos])
@@ -318,9 +317,9 @@ def check_entry(entry: object, where: str, path: str = "", compatible: str | Non
 def _check_entry(entry: object, path: str, compatible: str | None) -> None:
     fields = expect_object(entry, path, _ENTRY_KEYS)
     at = member(path, "compatible")
-    name = expect_str(fields["compatible"], at)
-    if not COMPATIBLE.fullmatch(name):
-        raise Bad(at, f"{quote(name)} is not a compatible (1-63 chars of [a-z0-9,._+-])")
+    name = _name(
+        fields["compatible"], at, COMPATIBLE, "a compatible (1-63 chars of [a-z0-9,._+-])"
+    )
     if compatible is not None and name != compatible:
         raise Bad(at, f"expected {quote(compatible)}, the key it is filed under")
     version = expect_int(fields["version"], member(path, "version"), 1, U32_MAX)

@@ -37,7 +37,7 @@ Fields = dict[str, Any]
 Migration = Callable[[Fields], Fields]
 MigrationT = TypeVar("MigrationT", bound=Migration)
 
-COMPATIBLE: Final = re.compile(r"^[a-z0-9][a-z0-9,._+-]{0,62}$")
+COMPATIBLE: Final = re.compile(r"[a-z0-9][a-z0-9,._+-]{0,62}")  # with fullmatch
 """What a compatible may look like: 1-63 chars of ``[a-z0-9,._+-]``."""
 MANDATORY: Final = "@"
 OPTIONAL: Final = "?"

@@ -7,9 +7,6 @@ a fixed-width integer), ``T | None``, or a nested class (another ``@state``
 class, or a plain attrs class made of supported types).
 :func:`field_type` turns an annotation into a :class:`FieldType` that checks
 values and names itself in the ABI manifest; anything else is refused.
-
-The errors live here, below every other module of the layer, so that the
-codec, the envelope and the schemas all raise the same types.
 """
 
 from __future__ import annotations
@@ -257,6 +254,18 @@ _CACHE: dict[object, FieldType] = {}
 _IN_PROGRESS: set[type] = set()
 
 
+def is_u64(value: object) -> bool:
+    """Whether ``value`` is an ``int`` (not a ``bool``) from 0 to 2**64 - 1.
+
+    ``type() is``: ``bool`` is an ``int`` subclass, and this runs once per field
+    on the kexec path.
+    """
+    return type(value) is int and 0 <= value < _U64
+
+
+_U64: Final = 1 << 64
+
+
 def int_spec(tp: object) -> IntSpec | None:
     """The :class:`IntSpec` of a fixed-width integer annotation, else ``None``."""
     if typing.get_origin(tp) is Annotated and typing.get_args(tp)[0] is int:
@@ -356,11 +365,9 @@ class PhysRange:
     """A range of physical memory: ``size`` bytes from ``start`` (no alignment required)."""
 
     start: PhysAddr = attrs.field(
-        validator=field_validator("PhysRange", "start", IntType(IntSpec("phys_addr", 64, False)))
+        validator=field_validator("PhysRange", "start", field_type(PhysAddr))
     )
-    size: u64 = attrs.field(
-        validator=field_validator("PhysRange", "size", IntType(IntSpec("u64", 64, False)))
-    )
+    size: u64 = attrs.field(validator=field_validator("PhysRange", "size", field_type(u64)))
 
     @property
     def end(self) -> int:

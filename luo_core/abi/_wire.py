@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import array
 import contextlib
+import enum
 import errno
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Final
+
+import attrs
 
 from luo_core.abi._cbor import decode_canonical, encode_canonical
 from luo_core.abi._frame import HEADER, FrameKind
@@ -80,10 +83,15 @@ def receive(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
         frame = head + _read(sock, total - HEADER.size, fds, first=False)
         return decode(frame), fds
     except BaseException:
-        for fd in fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        close_fds(fds)
         raise
+
+
+def close_fds(fds: Iterable[int]) -> None:
+    """Close every descriptor in ``fds``, ignoring those already closed."""
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _read(sock: socket.socket, size: int, fds: list[int], *, first: bool) -> bytes:
@@ -125,10 +133,6 @@ def plain(value: object, _depth: int = 0) -> Any:
     lists, enums their values, floats and non-text map keys their ``repr``;
     anything else that is not plain data is refused (``TypeError``).
     """
-    import enum
-
-    import attrs
-
     if _depth > 32:
         raise TypeError("a value nested deeper than 32 levels is not plain data")
     if value is None or type(value) in (bool, int, str, bytes):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 from typing import Any
 
 from luo_core.cli._args import UsageError, check_writable, dumps, output_file, paragraph
@@ -133,13 +132,11 @@ def read_manifest(name: str) -> Manifest:
     def refuse(reason: str) -> ManifestError:
         return ManifestError(f"{where}: {reason}")
 
-    stream = (
-        stdin_bytes(refuse)
-        if name == STDIN
-        else open_regular(name, MAX_MANIFEST_BYTES, refuse, largest=_LARGEST)
-    )
-    with contextlib.nullcontext(stream) if name == STDIN else stream:
-        data = read_upto(stream, MAX_MANIFEST_BYTES + 1)  # a file may have grown since
+    if name == STDIN:
+        data = read_upto(stdin_bytes(refuse), MAX_MANIFEST_BYTES + 1)
+    else:
+        with open_regular(name, MAX_MANIFEST_BYTES, refuse, largest=_LARGEST) as stream:
+            data = read_upto(stream, MAX_MANIFEST_BYTES + 1)  # a file may have grown since
     if len(data) > MAX_MANIFEST_BYTES:
         raise refuse(too_big(len(data), _LARGEST))
     return load_manifest(data, where)
@@ -156,7 +153,7 @@ def run_compat(args: argparse.Namespace) -> int:
     findings = compare_manifests(old, new)
     counts = {level: sum(1 for f in findings if f[0] == level) for level in LEVELS}
     verdict = "incompatible" if counts["error"] else "compatible"
-    shown = [f for f in findings if f[0] == "error" or not args.quiet]
+    listed = [f for f in findings if f[0] == "error" or not args.quiet]
     if args.json:
         print(
             dumps(
@@ -167,13 +164,13 @@ def run_compat(args: argparse.Namespace) -> int:
                     "new": _side(args.new, new),
                     "findings": [
                         {"level": level, "direction": direction, "subject": subject, "message": m}
-                        for level, direction, subject, m in shown
+                        for level, direction, subject, m in listed
                     ],
                 }
             )
         )
     else:
-        for level, direction, subject, message in shown:
+        for level, direction, subject, message in listed:
             print(printable(f"{level:<8}{direction:<9}{subject}: {message}"))
         print(
             f"{verdict}: {counts['error']} error(s) in {len(findings)} finding(s) "

@@ -13,6 +13,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO
 
+from luo_core.abi._boot import MAX_WORKERS
+
 
 def paragraph(text: str) -> str:
     """A verb's ``description=``, wrapped for a terminal (with RawDescriptionHelpFormatter,
@@ -43,6 +45,23 @@ def int_range(low: int, high: int) -> Callable[[str], int]:
         return value
 
     return whole_number
+
+
+def add_workers(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--workers N``: threads for independent device subtrees, 1 to ``MAX_WORKERS``."""
+    parser.add_argument(
+        "--workers", type=int_range(1, MAX_WORKERS), default=1, metavar="N", help=help
+    )
+
+
+def log_level(verbosity: int) -> str:
+    """The log level for ``verbosity`` ``-v``: 0 warning, 1 info, 2 or more debug."""
+    return {0: "warning", 1: "info"}.get(verbosity, "debug")
+
+
+def mac_address(value: int) -> str:
+    """A MAC address as ``aa:bb:cc:dd:ee:ff`` (the low 48 bits of a register)."""
+    return ":".join(f"{byte:02x}" for byte in (value & (1 << 48) - 1).to_bytes(6, "big"))
 
 
 def non_empty(text: str) -> str:

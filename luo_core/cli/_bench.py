@@ -14,7 +14,7 @@ from typing import Any
 
 from luo_core.abi import state
 from luo_core.abi._boot import MAX_WORKERS
-from luo_core.cli._args import Progress, dumps, int_range, paragraph
+from luo_core.cli._args import Progress, add_workers, dumps, int_range, paragraph
 from luo_core.kernel._hookspecs import hookimpl
 from luo_core.kernel._kernel import Kernel
 from luo_core.kernel._records import DeviceDriver, DeviceDriverOps
@@ -27,7 +27,7 @@ MAX_DEVICES = 31 * 256
 MAX_ROUNDS = 1000
 
 
-@state(compatible="luo,bench-null", version=1)
+@state(compatible=NULL_COMPATIBLE, version=1)
 class NullRecord:
     """A null device hands over nothing but the fact that it was preserved."""
 
@@ -76,13 +76,7 @@ def add_parser(verbs: Any) -> None:
         metavar="N",
         help=f"update cycles, of which the median is shown: 1 to {MAX_ROUNDS}, default 5",
     )
-    parser.add_argument(
-        "--workers",
-        type=int_range(1, MAX_WORKERS),
-        default=1,
-        metavar="N",
-        help=f"threads for independent subtrees: 1 to {MAX_WORKERS}, default 1",
-    )
+    add_workers(parser, f"threads for independent subtrees: 1 to {MAX_WORKERS}, default 1")
     parser.add_argument(
         "--json", action="store_true", help="print JSON instead of a table (default: a table)"
     )

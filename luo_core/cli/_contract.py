@@ -201,11 +201,6 @@ def _costs(reference: str) -> tuple[dict[str, dict[str, float]] | None, list[str
         return None, [], " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
-def _verbosity(args: argparse.Namespace) -> int:
-    """The global ``-v`` count (``luo`` stores it as ``log_verbosity``)."""
-    return int(getattr(args, "log_verbosity", getattr(args, "verbose", 0)) or 0)
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         import pytest  # noqa: F401
@@ -221,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             started = time.perf_counter()
             code, collector = run_suite(
-                pack.distribution, verbose=_verbosity(args), progress=progress
+                pack.distribution, verbose=args.log_verbosity, progress=progress
             )
             elapsed = time.perf_counter() - started
             if progress is not None:

@@ -25,13 +25,15 @@ from luo_core.abi._stats import UpdateStats
 from luo_core.cli._args import (
     Progress,
     UsageError,
+    add_workers,
     check_writable,
     dumps,
-    int_range,
+    log_level,
     non_empty,
     output_file,
     paragraph,
 )
+from luo_core.cli._args import mac_address as mac_address  # re-exported: tests import it here
 from luo_core.errors import DeviceError, NotFoundError
 from luo_core.kexec import KernelProcess
 from luo_core.platform import EXAMPLE_NIC, Hardware, HardwareProcess, default_host
@@ -91,13 +93,7 @@ def add_parser(verbs: Any) -> None:
         metavar="FILE",
         help="also write the handoff to FILE, for luo inspect (default: none)",
     )
-    parser.add_argument(
-        "--workers",
-        type=int_range(1, MAX_WORKERS),
-        default=1,
-        metavar="N",
-        help=f"threads for independent device subtrees: 1 to {MAX_WORKERS}, default 1",
-    )
+    add_workers(parser, f"threads for independent device subtrees: 1 to {MAX_WORKERS}, default 1")
     parser.add_argument(
         "--inproc",
         action="store_true",
@@ -225,11 +221,6 @@ def _pack(text: str) -> dict[str, str | None]:
     return {"name": name, "version": version, "status": status}
 
 
-def mac_address(value: int) -> str:
-    """A MAC address as ``aa:bb:cc:dd:ee:ff`` (the low 48 bits of a register)."""
-    return ":".join(f"{byte:02x}" for byte in (value & (1 << 48) - 1).to_bytes(6, "big"))
-
-
 def _request_leaves(kernel: Any, specs: dict[str, Any], devices: Any) -> dict[str, str]:
     """Request every device without children; the refusals, by device."""
     parents = {spec.parent for spec in specs.values()}
@@ -337,7 +328,7 @@ def run(args: argparse.Namespace) -> int:
         if args.inproc:
             stats, summary = run_inproc(args.workers, args.save_handoff, progress)
         else:
-            level = {0: "warning", 1: "info"}.get(args.log_verbosity, "debug")
+            level = log_level(args.log_verbosity)
             stats, summary = run_process(
                 args.workers, args.save_handoff, args.next_python, level, progress
             )

@@ -10,7 +10,7 @@ import attrs
 from luo_core.abi import decode_state, load_image, read_root, schema_of, unseal
 from luo_core.abi._frame import HEADER, OVERHEAD
 from luo_core.abi._image import IMAGE
-from luo_core.cli._args import dumps
+from luo_core.cli._args import dumps, mac_address
 from luo_core.cli._input import (
     STDIN,
     open_regular,
@@ -207,7 +207,7 @@ def show(value: Any, key: str | None = None) -> str:
     """``value`` for a person: a MAC-like field (``mac``, ``*_mac``) that holds a 48-bit
     integer as ``aa:bb:cc:dd:ee:ff``; structures with the same rule inside; text escaped."""
     if is_mac(key) and type(value) is int and 0 <= value < 1 << MAC_BITS:
-        return ":".join(f"{b:02x}" for b in value.to_bytes(MAC_BITS // 8, "big"))
+        return mac_address(value)
     if isinstance(value, dict):
         return "{" + ", ".join(f"{show(k)} = {show(v, str(k))}" for k, v in value.items()) + "}"
     if isinstance(value, list):

@@ -22,7 +22,7 @@ from typing import NoReturn
 
 from luo_core import _logging
 from luo_core.cli import _abi, _bench, _contract, _demo, _drivers, _inspect, _scaffold
-from luo_core.cli._args import UsageError, erase_progress, paragraph
+from luo_core.cli._args import UsageError, erase_progress, log_level, paragraph
 from luo_core.cli._input import printable
 from luo_core.errors import LiveUpdateError, MachineError
 
@@ -35,20 +35,15 @@ VERBOSITY = "log_verbosity"
 """Where the global ``-v`` count is stored: a name no verb's own option uses."""
 _VERB_VERBOSITY = "log_verbosity_after_verb"
 _VERB_DEBUG = "debug_after_verb"
-_verbosity = 0
 
 
-def configure_logging(verbosity: int | None = None) -> None:
+def configure_logging(verbosity: int) -> None:
     """The CLI, not the library, decides where log events go: stderr.
 
     ``verbosity`` is the number of ``-v`` (0: warnings and errors, 1: from
-    ``info``, 2: everything); ``None`` re-applies what the command was given,
-    for a verb whose work reconfigured logging (``luo contract`` runs pytest).
+    ``info``, 2: everything).
     """
-    global _verbosity
-    if verbosity is not None:
-        _verbosity = verbosity
-    _logging.configure({0: "warning", 1: "info"}.get(_verbosity, "debug"))
+    _logging.configure(log_level(verbosity))
 
 
 class _VerbParser(argparse.ArgumentParser):
@@ -71,21 +66,17 @@ class _VerbParser(argparse.ArgumentParser):
 def _add_global_options(verb: argparse.ArgumentParser) -> None:
     """``-v`` and ``--debug`` after the verb too, with the same meaning as before it."""
     group = verb.add_argument_group("global options (also accepted before the verb)")
-    # A verb that still defines -v for itself keeps it; the global count is stored
-    # apart (VERBOSITY), so the two can never overwrite each other.
-    with contextlib.suppress(argparse.ArgumentError):
-        group.add_argument(
-            "-v",
-            "--verbose",
-            action="count",
-            default=0,
-            dest=_VERB_VERBOSITY,
-            help="log events to stderr: -v from info up, -vv everything (default: warnings)",
-        )
-    with contextlib.suppress(argparse.ArgumentError):
-        group.add_argument(
-            "--debug", action="store_true", dest=_VERB_DEBUG, help="show tracebacks on errors"
-        )
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        dest=_VERB_VERBOSITY,
+        help="log events to stderr: -v from info up, -vv everything (default: warnings)",
+    )
+    group.add_argument(
+        "--debug", action="store_true", dest=_VERB_DEBUG, help="show tracebacks on errors"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_VerbParser)
     for module in (_demo, _drivers, _abi, _inspect, _contract, _scaffold, _bench):
         module.add_parser(verbs)
-    for verb in {id(p): p for p in verbs.choices.values()}.values():
+    for verb in verbs.choices.values():
         _add_global_options(verb)
     parser.set_defaults(verb_parsers=verbs.choices)
     return parser
@@ -215,8 +206,6 @@ def parse_arguments(
     verbosity = getattr(args, VERBOSITY) + getattr(args, _VERB_VERBOSITY, 0)
     setattr(args, VERBOSITY, verbosity)
     args.debug = args.debug or getattr(args, _VERB_DEBUG, False)
-    if not hasattr(args, "verbose"):
-        args.verbose = verbosity  # for verbs written before VERBOSITY; read VERBOSITY instead
     if args.version:
         args.verb = None
     elif args.verb is None:

@@ -100,10 +100,11 @@ class KernelBase:
         log.info("phase", phase=stats.phase, ok=ok, duration_us=stats.duration_us)
         self._observe("luo_phase_finished", phase=stats.phase, stats=stats)
 
-    def _commit(self, event: Event, new: State) -> None:
+    def _commit(self, event: Event, new: State, *, ok: bool = True) -> None:
+        """Enter ``new`` because of ``event`` (``ok=False``: a failed event rolled back)."""
         old = self.state
         self._sm.force(new)
-        self._notify_state(old, new, event, ok=True)
+        self._notify_state(old, new, event, ok=ok)
 
     def _notify_state(self, old: State, new: State, event: Event, *, ok: bool) -> None:
         log.info("state_changed", cause=event.value, old=old.value, new=new.value, ok=ok)

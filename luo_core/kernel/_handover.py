@@ -23,7 +23,7 @@ from luo_core.abi._kho import find_containing
 from luo_core.errors import HandoffError
 from luo_core.kernel._alloc import PageAllocator
 from luo_core.kernel._kho import KexecHandover
-from luo_core.kernel._participants import Key
+from luo_core.kernel._participants import Key, label
 from luo_core.platform import PhysicalMemory
 
 log = get_logger("luo")
@@ -41,10 +41,6 @@ class HandoffRecord:
     @property
     def key(self) -> Key:
         return (self.kind, self.name)
-
-
-def node_name(key: Key) -> str:
-    return f"{key[0]}:{key[1]}"
 
 
 def boot_allocator(memory: PhysicalMemory) -> PageAllocator:
@@ -88,7 +84,7 @@ def read_records(
 
 def publish(kho: KexecHandover, key: Key, compatible: str, data: bytes) -> None:
     """Write (or rewrite) one participant's record as a KHO node."""
-    name = node_name(key)
+    name = label(key)
     if kho.has_node(name):
         kho.remove_node(name)
     kho.add_node(name, compatible, data)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 from luo_core.kernel._records import Bus, DeviceDriver, Subsystem
+from luo_core.platform._models import PROJECT as PROJECT
 
 if TYPE_CHECKING:
     from luo_core.abi._stats import PhaseStats
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
     from luo_core.kernel._state import Event, State
     from luo_core.testing import Contract
 
-PROJECT = "luo"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 

@@ -13,6 +13,7 @@ that an in-process kexec can prove none of them reached the next kernel.
 from __future__ import annotations
 
 import threading
+import types
 import weakref
 from collections.abc import Iterable
 from typing import Any
@@ -52,7 +53,7 @@ class Jump(Phases):
             for dev in reversed(self.devices.devices()):
                 if dev.name not in kept:
                     if dev.driver is not None:
-                        runner.call_quietly(label(device_key(dev)), _shutdown, dev)
+                        runner.call_quietly(label(device_key(dev)), dev.driver.ops.shutdown, dev)
                     self._reset(dev)
             stats.threads_left = self._threads_left()
             stats.phases["kexec"] = runner.stats  # the next kernel closes it
@@ -96,7 +97,7 @@ class Jump(Phases):
         """What this kernel and its packs made, by weak reference (where Python allows one)."""
         found: list[tuple[str, object]] = [("the plugin registry", self.registry)]
         for plugin in self.registry.pm.get_plugins():
-            if type(plugin).__module__ != "builtins" and not _is_module(plugin):
+            if type(plugin).__module__ != "builtins" and not isinstance(plugin, types.ModuleType):
                 found.append((f"plugin {type(plugin).__qualname__}", plugin))
         for pack in self.registry.packs:
             for record in pack.records:
@@ -134,12 +135,3 @@ def _weak(found: Iterable[tuple[str, object]]) -> Iterable[tuple[str, weakref.re
             yield what, weakref.ref(obj)
         except TypeError:  # ints, dicts, tuples...: nothing to track
             continue
-
-
-def _is_module(obj: object) -> bool:
-    return type(obj).__name__ == "module"
-
-
-def _shutdown(dev: Device) -> None:
-    if dev.driver is not None:
-        dev.driver.ops.shutdown(dev)

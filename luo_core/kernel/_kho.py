@@ -49,12 +49,7 @@ class KexecHandover:
         self._preserved: dict[int, int] = {}
         self._sorted: list[MemRange] = []  # the same ranges, for bisect
         self._nodes: dict[str, KhoNode] = {}
-        self._node_pages: dict[str, int] = {}
         self.root: KhoRoot | None = None
-
-    @property
-    def finalized(self) -> bool:
-        return self.root is not None
 
     @property
     def preserved(self) -> list[MemRange]:
@@ -122,7 +117,6 @@ class KexecHandover:
         self.preserve(phys, size)
         node = KhoNode(name, compatible, phys, len(blob), zlib.crc32(blob))
         self._nodes[name] = node
-        self._node_pages[name] = size
         return node
 
     def remove_node(self, name: str) -> None:
@@ -130,7 +124,7 @@ class KexecHandover:
         node = self._nodes.pop(name, None)
         if node is None:
             raise KhoError(f"remove node {name!r}: not in the tree", errno=errno.ENOENT)
-        self.unpreserve(node.phys, self._node_pages.pop(name))
+        self.unpreserve(node.phys, align_up(max(node.length, 1), self.memory.PAGE_SIZE))
         self.allocator.free(node.phys)
 
     def finalize(self, liveupdate_number: int) -> KhoRoot:

@@ -177,9 +177,7 @@ class Phases(KernelBase):
         cancel = self._start("cancel")
         self._cancel(cancel, [k for k in self._prepared if k not in failed])
         self._finish_phase(cancel, ok=True)
-        old = self.state
-        self._sm.force(State.NORMAL)
-        self._notify_state(old, State.NORMAL, event, ok=False)
+        self._commit(event, State.NORMAL, ok=False)
 
     def _publish(self) -> None:
         """Write every record that changed since it was last written into KHO."""

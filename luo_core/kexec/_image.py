@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     control.settimeout(LOAD_TIMEOUT)
     try:
         request, fds = _wire.receive(control)
-        _close(fds)
+        _wire.close_fds(fds)
         if request.get("op") != "load" or not isinstance(request.get("params"), bytes):
             raise HandoffError(
                 "a kernel image is loaded with {op: load, params: <boot parameters>}"
@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _wire.send(control, {"op": "held", "pid": os.getpid()})
             control.settimeout(None)
             go, fds = _wire.receive(control)
-            _close(fds)
+            _wire.close_fds(fds)
             if go.get("op") != "go":
                 _fail(control, None, HandoffError(f"expected go, got {go.get('op')!r}"))
                 link.close()
@@ -124,7 +124,7 @@ def _await_jump(cpr: socket.socket, control: socket.socket) -> tuple[int, bool] 
         _wire.send(cpr, {"op": "ready", "pid": os.getpid()})
         cpr.settimeout(None)
         message, fds = _wire.receive(cpr)
-        _close(fds)
+        _wire.close_fds(fds)
     except (PeerGoneError, OSError):
         return None  # the update was cancelled: this image is unloaded
     except LiveUpdateError as exc:
@@ -166,9 +166,3 @@ def _fail(control: socket.socket, cpr: socket.socket | None, exc: BaseException)
         if sock is not None:
             with contextlib.suppress(LiveUpdateError, OSError):
                 _wire.send(sock, {"op": "failed", **reply})
-
-
-def _close(fds: list[int]) -> None:
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)

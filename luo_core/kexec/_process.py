@@ -62,6 +62,55 @@ class DeviceInfo:
     bus_master: bool
 
 
+def launch_image(
+    python: str,
+    *,
+    next_kernel: bool,
+    log: str = "warning",
+    stdout: int | None = None,
+    stderr: int | None = None,
+    env: Mapping[str, str] | None = None,
+    start_new_session: bool = False,
+) -> tuple[subprocess.Popen[bytes], socket.socket, socket.socket | None]:
+    """Start ``python -m luo_core.kexec`` with a control socket (and, for a next
+    kernel, a cpr socket); the process and our ends of its sockets.
+
+    Its ends are closed here once it has them; if it cannot start, ours are
+    closed too and the ``OSError`` is raised.
+    """
+    control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    cpr: socket.socket | None = None
+    cpr_theirs: socket.socket | None = None
+    if next_kernel:
+        cpr, cpr_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    command = [python, "-m", "luo_core.kexec", "--control-fd", str(theirs.fileno())]
+    command += ["--log", log]
+    passed = [theirs.fileno()]
+    if cpr_theirs is not None:
+        command += ["--cpr-fd", str(cpr_theirs.fileno())]
+        passed.append(cpr_theirs.fileno())
+    try:
+        process = subprocess.Popen(
+            command,
+            pass_fds=passed,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            env=env,
+            start_new_session=start_new_session,
+        )
+    except OSError:
+        control.close()
+        if cpr is not None:
+            cpr.close()
+        raise
+    finally:
+        theirs.close()
+        if cpr_theirs is not None:
+            cpr_theirs.close()
+    return process, control, cpr
+
+
 class _Image:
     """A kernel image process being started, warmed, and booted."""
 
@@ -78,40 +127,21 @@ class _Image:
         self.tmp = tempfile.mkdtemp(prefix="luo-kernel-")
         environment = dict(os.environ if env is None else env)
         environment["TMPDIR"] = self.tmp  # a kernel's scratch files die with it, as tmpfs would
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.cpr: socket.socket | None = None
-        cpr_theirs: socket.socket | None = None
-        if next_kernel:
-            self.cpr, cpr_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        command = [self.python, "-m", "luo_core.kexec", "--control-fd", str(theirs.fileno())]
-        command += ["--log", log]
-        passed = [theirs.fileno()]
-        if cpr_theirs is not None:
-            command += ["--cpr-fd", str(cpr_theirs.fileno())]
-            passed.append(cpr_theirs.fileno())
         try:
-            self.process = subprocess.Popen(
-                command,
-                pass_fds=passed,
-                stdin=subprocess.DEVNULL,
+            self.process, self.control, self.cpr = launch_image(
+                self.python,
+                next_kernel=next_kernel,
+                log=log,
                 stdout=2,
                 env=environment,
                 # Ctrl-C at the terminal is for the operator, who shuts kernels down.
                 start_new_session=True,
             )
         except OSError as exc:
-            mine.close()
-            if self.cpr is not None:
-                self.cpr.close()
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise KexecError(
                 f"cannot start a kernel image with {self.python}: {exc.strerror}"
             ) from None
-        finally:
-            theirs.close()
-            if cpr_theirs is not None:
-                cpr_theirs.close()
-        self.control = mine
 
     def load(self, params: BootParams) -> None:
         self.control.settimeout(LOAD_TIMEOUT)
@@ -131,8 +161,7 @@ class _Image:
             ) from None
         except LiveUpdateError as exc:
             raise KexecError(f"the kernel image (pid {self.process.pid}): {exc}") from None
-        for fd in fds:
-            os.close(fd)
+        _wire.close_fds(fds)
         if message.get("op") == "failed":
             raise _rebuild(message.get("error"), prefix="the kernel failed to boot: ")
         if message.get("op") not in expected:
@@ -164,16 +193,8 @@ class _Image:
 class KernelProcess:
     """A kernel running in a process of its own, driven from here."""
 
-    def __init__(
-        self,
-        image: _Image,
-        booted: dict[str, Any],
-        platform: Platform,
-        config: KernelConfig,
-        log: str,
-        env: Mapping[str, str] | None = None,
-    ) -> None:
-        self.env = env
+    def __init__(self, image: _Image, platform: Platform, config: KernelConfig, log: str) -> None:
+        self.env = image.env
         """The environment this kernel was started with (the next one gets it too)."""
         self._image = image
         self._platform = platform
@@ -183,7 +204,6 @@ class KernelProcess:
         self._gone = False
         self.pid: int = image.process.pid
         """The kernel's process id."""
-        self._booted = booted
         self.python = image.python
         """The interpreter (and so the environment and pack versions) this kernel runs."""
 
@@ -206,11 +226,11 @@ class KernelProcess:
         image = _Image(python, env, next_kernel=False, log=log)
         try:
             image.load(BootParams(platform.address, platform.machine, config))
-            booted = image.wait("booted")
+            image.wait("booted")
         except BaseException:
             image.discard()
             raise
-        return cls(image, booted, platform, config, log, env)
+        return cls(image, platform, config, log)
 
     # -- what it reports --------------------------------------------------------
 
@@ -365,11 +385,11 @@ class KernelProcess:
                 nxt.wait("held")
                 during_blackout()
                 _wire.send(nxt.control, {"op": "go"})
-            booted = nxt.wait("booted")
+            nxt.wait("booted")
         except BaseException:
             nxt.discard()
             raise
-        return KernelProcess(nxt, booted, self._platform, self._next_config, self._log, nxt.env)
+        return KernelProcess(nxt, self._platform, self._next_config, self._log)
 
     def workload(self, contract: str, device: str) -> None:
         """Run ``contract``'s workload on ``device``, in this kernel's process."""
@@ -416,8 +436,7 @@ class KernelProcess:
             reply, received = _wire.receive(control)
         except PeerGoneError:
             raise KexecError(f"kernel {self.pid} died: {self._image._status()}") from None
-        for fd in received:
-            os.close(fd)
+        _wire.close_fds(received)
         if "error" in reply:
             raise _rebuild(reply["error"])
         return reply

@@ -86,9 +86,7 @@ class KernelServer:
             try:
                 reply, leave = self._dispatch(request, fds)
             except Exception as exc:
-                for fd in fds:
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
+                _wire.close_fds(fds)
                 reply = error_reply(exc)
             try:
                 _wire.send(self.control, reply)
@@ -187,8 +185,7 @@ class KernelServer:
             raise LiveUpdateError(
                 "the next kernel exited before it was ready", errno=errno.ENOEXEC
             ) from None
-        for fd in fds:
-            os.close(fd)
+        _wire.close_fds(fds)
         if message.get("op") == "failed":
             error = message.get("error")
             reason = error.get("message") if isinstance(error, dict) else None

@@ -14,7 +14,6 @@ it, so a thread left behind by a kernel that is gone cannot touch hardware.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import itertools
 import os
@@ -27,6 +26,7 @@ from typing import Any, Final
 
 from luo_core._logging import get_logger
 from luo_core.abi._machine import Machine
+from luo_core.abi._wire import close_fds as close_fds
 from luo_core.abi._wire import plain
 from luo_core.errors import HardwareError, LiveUpdateError
 from luo_core.platform._memory import PhysicalMemory
@@ -87,17 +87,16 @@ class Hardware:
         self._runners: dict[str, ModelRunner] = {}
         known = discover_models(models, discover=discover)
         _check_descriptors(sum(1 for d in machine.devices.values() if d.compatible in known))
-        buffer = self.mmio.view(0, self.mmio.size)
         for name, spec in machine.devices.items():
             model_type = known.get(spec.compatible)
             self._maps[name] = model_type.registers if model_type else RegisterMap()
-            base = mmio_base(self._index[name])
-            regs = Registers(buffer, base + BAR_OFFSET, self._maps[name], side="device")
-            config = Registers(buffer, base, CONFIG_REGISTERS, side="device")
             if model_type is None:
                 continue
             try:
-                model = model_type(DeviceContext(name, spec.params, regs, config, self.ram))
+                context = DeviceContext(
+                    name, spec.params, self.registers(name), self.config(name), self.ram
+                )
+                model = model_type(context)
                 model.reset()
             except Exception as exc:
                 log.error("device_model_failed", device=name, error=f"{type(exc).__name__}: {exc}")
@@ -361,9 +360,3 @@ def _text(request: Mapping[str, Any], key: str) -> str:
     if not isinstance(value, str):
         raise HardwareError(f"request field {key!r} must be text")
     return value
-
-
-def close_fds(fds: Iterable[int]) -> None:
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)

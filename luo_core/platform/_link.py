@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import os
 import socket
 import threading
 from collections.abc import Mapping
@@ -19,7 +18,7 @@ from typing import Any, Protocol
 
 from luo_core.abi import _wire
 from luo_core.errors import HardwareError, LiveUpdateError
-from luo_core.platform._hardware import Connection, close_fds, local_hardware
+from luo_core.platform._hardware import Connection, local_hardware
 
 CONNECT_TIMEOUT = 10.0
 REPLY_TIMEOUT = 60.0
@@ -54,9 +53,7 @@ def check(reply: dict[str, Any], fds: list[int]) -> tuple[dict[str, Any], list[i
     error = reply.get("error")
     if error is None:
         return reply, fds
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
+    _wire.close_fds(fds)
     if isinstance(error, dict) and isinstance(error.get("message"), str):
         code = error.get("errno")
         raise HardwareError(error["message"], errno=code if type(code) is int else None)
@@ -80,7 +77,7 @@ class LocalChannel:
         try:
             decoded = _wire.decode(_wire.encode(reply))
         except BaseException:
-            close_fds(fds)
+            _wire.close_fds(fds)
             raise
         return check(decoded, fds)
 

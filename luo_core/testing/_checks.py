@@ -384,8 +384,8 @@ def check_golden(pack: Pack) -> None:
         )
         schema = schema_of(driver.schema)
         for version, blob in sorted(contract.golden.items()):
-            assert unseal(blob).version == version, f"golden v{version} is not a v{version} record"
             sealed = unseal(blob)
+            assert sealed.version == version, f"golden v{version} is not a v{version} record"
             decode_state(driver.schema, sealed.payload, sealed.version)
         missing = set(range(schema.min_version, schema.version)) - set(contract.golden)
         assert not missing, (
