@@ -8,13 +8,16 @@ classes at module level: the cross-process checks load them by reference
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import secrets
+import shutil
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from multiprocessing import shared_memory
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -164,6 +167,94 @@ class FileHider(Hider):
 
 class SmuggleTempFile(NicPack):
     ops = FileHider
+
+
+class DirectoryHider(Hider):
+    """Writes nothing into a file: the count is the name of a directory it makes."""
+
+    @staticmethod
+    def folder(dev: Device) -> Path:
+        return Path(tempfile.gettempdir()) / f"luo-smuggled-dir-{dev.name.replace(':', '_')}"
+
+    def hide(self, dev: Device, packets: int) -> None:
+        shutil.rmtree(self.folder(dev), ignore_errors=True)
+        (self.folder(dev) / str(packets)).mkdir(parents=True)
+
+    def find(self, dev: Device) -> int:
+        found = list(self.folder(dev).glob("*")) if self.folder(dev).exists() else []
+        return int(found[0].name) if found else 0
+
+
+class SmuggleDirectoryName(NicPack):
+    ops = DirectoryHider
+
+
+class SharedMemoryHider(Hider):
+    """Keeps the count in a POSIX shared memory object (``/dev/shm``)."""
+
+    @staticmethod
+    def segment(dev: Device) -> str:
+        return f"luo-smuggled-{os.getuid()}-{dev.name.replace(':', '_')}"
+
+    def hide(self, dev: Device, packets: int) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            shared_memory.SharedMemory(self.segment(dev)).unlink()
+        segment = shared_memory.SharedMemory(self.segment(dev), create=True, size=8)
+        assert segment.buf is not None
+        segment.buf[:8] = packets.to_bytes(8, "little")
+        segment.close()
+
+    def find(self, dev: Device) -> int:
+        try:
+            segment = shared_memory.SharedMemory(self.segment(dev))
+        except FileNotFoundError:
+            return 0
+        assert segment.buf is not None
+        packets = int.from_bytes(bytes(segment.buf[:8]), "little")
+        segment.close()
+        return packets
+
+
+class SmuggleSharedMemory(NicPack):
+    ops = SharedMemoryHider
+
+
+SCRATCH_OFFSET = 0xE00
+"""An offset of the NIC's BAR 0 where its model has no register."""
+
+
+class RegisterScratchHider(Hider):
+    """Keeps the count in BAR bytes the device has no register at."""
+
+    def hide(self, dev: Device, packets: int) -> None:
+        dev.regs.write(SCRATCH_OFFSET, packets, 64)
+
+    def find(self, dev: Device) -> int:
+        return dev.regs.read(SCRATCH_OFFSET, 64)
+
+
+class SmuggleUnusedRegisterSpace(NicPack):
+    ops = RegisterScratchHider
+
+
+class StaleMemoryHider(Hider):
+    """Leaves the count in memory it never preserved, at an address it can find again."""
+
+    def address(self) -> int:
+        memory = self.kernel.memory  # type: ignore[attr-defined]
+        return int(memory.size) - 2 * int(memory.PAGE_SIZE)
+
+    def hide(self, dev: Device, packets: int) -> None:
+        memory = self.kernel.memory  # type: ignore[attr-defined]
+        memory.write(self.address(), packets.to_bytes(8, "little"))
+
+    def find(self, dev: Device) -> int:
+        memory = self.kernel.memory  # type: ignore[attr-defined]
+        return int.from_bytes(bytes(memory.read(self.address(), 8)), "little")
+
+
+class SmuggleUnpreservedMemory(NicPack):
+    ops = StaleMemoryHider
 
 
 _BY_ID: dict[int, int] = {}

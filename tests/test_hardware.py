@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from importlib import metadata
 from pathlib import Path
 from typing import Any, cast
 
@@ -50,9 +51,11 @@ from luo_core.platform import (
     RegisterMap,
     _hardware,
     default_host,
+    discover_models,
 )
 from luo_core.platform._hardware import DOORBELLS_PER_MESSAGE, PROTOCOL_VERSION, mmio_base
 from luo_core.platform._link import Channel, connect
+from luo_core.platform._models import ENTRY_POINT_GROUP
 from luo_core.platform._registers import BAR_OFFSET, BAR_SIZE, CONFIG_SIZE
 
 ROOT = str(Path(__file__).resolve().parent.parent)
@@ -321,15 +324,33 @@ def test_the_last_word_of_the_window_is_reachable_and_unknown_names_are_refused(
     hw: Hardware, link: HardwareLink
 ) -> None:
     regs = link.registers(link.windows["ctr0"])
-    regs.write(BAR_SIZE - 8, 0x1122334455667788, 64)
-    assert hw.registers("ctr0").read(BAR_SIZE - 8, 64) == 0x1122334455667788
+    hw.registers("ctr0").write(BAR_SIZE - 8, 0x1122334455667788, 64)  # the device may
+    assert regs.read(BAR_SIZE - 8, 64) == 0x1122334455667788
     with pytest.raises(RegisterError, match=r"no register 'nope' \(this device has: ctrl, bell"):
         regs["nope"]
     bare = link.registers(link.window("bare0", list(hw.machine.devices).index("bare0")))
     with pytest.raises(RegisterError, match="has: none"):
         bare["ctrl"]
-    bare.write(0, 9)  # a device with no model: raw access only
-    assert hw.registers("bare0").read(0) == 9
+    hw.registers("bare0").write(0, 9)  # a device with no model: raw access only
+    assert bare.read(0) == 9
+
+
+@pytest.mark.parametrize(("offset", "width"), [(0x20, 32), (BAR_SIZE - 8, 64), (0x0E, 16)])
+def test_the_driver_cannot_write_where_the_device_has_no_register(
+    hw: Hardware, link: HardwareLink, offset: int, width: int
+) -> None:
+    # Real hardware drops such writes; keeping them would make the window a scratch
+    # pad that outlives kexec beside the handoff (tests/broken_packs.py).
+    regs = link.registers(link.windows["ctr0"])
+    before = hw.registers("ctr0").raw()
+    with pytest.raises(RegisterError, match=f"offset {offset:#x} .* no register"):
+        regs.write(offset, 1, width)
+    assert hw.registers("ctr0").raw() == before
+    bare = link.registers(link.window("bare0", list(hw.machine.devices).index("bare0")))
+    with pytest.raises(RegisterError, match="no register"):
+        bare.write(0, 9)
+    regs.write(0x00, 1 << 32 | 7, 64)  # ctrl and bell: every byte is a driver register
+    assert (regs["ctrl"], regs["bell"]) == (7, 1)
 
 
 def test_a_doorbell_write_kicks_the_model_and_sync_is_the_barrier(
@@ -844,6 +865,27 @@ def test_a_kernel_that_vanishes_mid_message_is_detached(process: HardwareProcess
             kernel.registers(kernel.windows["ctr1"])["ctrl"] = 1
     finally:
         observer.close()
+
+
+def models_factory() -> Models:
+    """A pack named by a factory function (``module:function``), as a kernel accepts it."""
+    return Models()
+
+
+def test_a_pack_named_by_a_factory_function_brings_its_models_to_the_hardware_process() -> None:
+    # The hardware builds a pack reference as a kernel does (abi._boot.resolve): a
+    # function is called, not taken for the plugin.
+    ref = "tests.test_hardware:models_factory"
+    with HardwareProcess(build(1), models=[ref], discover=False, env=ENV) as hardware:
+        assert hardware.control("ctr0", "resets") == 1
+
+
+def test_an_installed_pack_named_by_a_factory_function_ships_its_models(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ep = metadata.EntryPoint("fn-pack", "tests.test_hardware:models_factory", ENTRY_POINT_GROUP)
+    monkeypatch.setattr(metadata, "entry_points", lambda group: [ep])
+    assert discover_models()[COUNTER] is CounterModel
 
 
 def test_powering_off_ends_the_hardware_process() -> None:

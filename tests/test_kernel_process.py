@@ -18,14 +18,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from luo_example_nic._nic import NicOps, NicRecord
 
-from luo_core import errors
+from luo_core import Device, errors
 from luo_core.abi import _wire
 from luo_core.abi._boot import BootParams, KernelConfig
 from luo_core.abi._frame import HEADER
-from luo_core.errors import LiveUpdateError, PeerGoneError
+from luo_core.errors import DeviceError, LiveUpdateError, PeerGoneError
+from luo_core.kexec import KernelProcess
 from luo_core.kexec._process import _rebuild, launch_image
 from luo_core.platform import HardwareProcess, default_host
+from tests.broken_packs import NIC, NicPack
 
 WAIT = 30.0
 """The longest any step may take (a kernel image starts in well under a second)."""
@@ -370,3 +373,32 @@ def test_prepare_with_a_descriptor_that_is_not_a_socket_is_a_typed_error(
         os.close(r)
         os.close(w)
     typed(reply, errors.HandoffError, 74, "descriptor is not a socket")
+
+
+# -- the operator's side -------------------------------------------------------------
+
+
+class FreezeFailsOps(NicOps):
+    def freeze(self, dev: Device, data: NicRecord) -> NicRecord:
+        raise DeviceError(f"{dev.name}: told to fail freeze")
+
+
+class FreezeFails(NicPack):
+    """The example NIC pack whose freeze fails (a kernel process loads it by reference)."""
+
+    ops = FreezeFailsOps
+
+
+def test_a_failed_freeze_unloads_the_next_kernel(hardware: HardwareProcess) -> None:
+    config = KernelConfig(["tests.test_kernel_process:FreezeFails"], discover=False)
+    with KernelProcess.boot(hardware, config) as kernel:
+        kernel.request(NIC)
+        kernel.prepare()
+        loaded = kernel._next
+        assert loaded is not None
+        with pytest.raises(errors.CallbackError, match="told to fail freeze"):
+            kernel.freeze()
+        assert kernel.state == "normal" and kernel.loaded_pid is None
+        # The running kernel let the next one go, which exited on its own as unloaded
+        # (not killed when the operator gave up waiting for it).
+        assert loaded.process.returncode == 0

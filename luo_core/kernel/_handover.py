@@ -5,6 +5,7 @@ root (which needs no allocation), then takes every page that is neither
 preserved nor in the scratch area.  The scratch area is never preserved and
 never handed out: it is where a real kernel keeps its early-boot allocations,
 so a preserved page can never be overwritten by the kernel that inherits it.
+Everything else the previous kernel wrote reads as zero.
 
 Participants' records are KHO nodes named ``kind:name``, written during
 prepare (and rewritten by freeze only when they changed), so kexec itself has
@@ -48,19 +49,34 @@ def boot_allocator(memory: PhysicalMemory) -> PageAllocator:
     return PageAllocator(memory.size, page_size=memory.PAGE_SIZE, free=[])
 
 
-def claim_memory(allocator: PageAllocator, scratch: MemRange, handed: HandedOver | None) -> None:
-    """Take all memory but the scratch area and what the previous kernel preserved."""
+def claim_memory(
+    allocator: PageAllocator, memory: PhysicalMemory, scratch: MemRange, handed: HandedOver | None
+) -> None:
+    """Take all memory but the scratch area and what the previous kernel preserved.
+
+    A kernel booting from a handoff also zeroes every byte the previous
+    kernel did not preserve, the scratch area included: only the handoff
+    crosses kexec, so memory a driver wrote and did not preserve must not
+    come back.  (Real RAM keeps stale contents; a driver that relied on them
+    would work by accident.  See the fidelity table.)
+    """
     taken = sorted([scratch, *(handed.preserved if handed else ())])
     for a, b in itertools.pairwise(taken):
         if a.overlaps(b):
             raise HandoffError(f"preserved range {b} overlaps {a}")
+    free: list[MemRange] = []
     cursor = 0
     for area in taken:
         if area.start > cursor:
-            allocator.release(cursor, area.start - cursor)
+            free.append(MemRange(cursor, area.start - cursor))
         cursor = max(cursor, area.end)
     if cursor < allocator.size:
-        allocator.release(cursor, allocator.size - cursor)
+        free.append(MemRange(cursor, allocator.size - cursor))
+    for area in free:
+        allocator.release(area.start, area.size)
+    if handed is not None:
+        for area in sorted([scratch, *free]):
+            memory.fill(area.start, area.size)  # whole pages: holes punched, not written
 
 
 def read_records(

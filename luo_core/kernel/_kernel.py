@@ -82,7 +82,7 @@ class Kernel(Jump, Restore):
         self.mm = boot_allocator(self.memory)
         """This kernel's page allocator: all memory but scratch and preserved ranges."""
         handed = read_root(self.memory, self.kho_root) if self.kho_root is not None else None
-        claim_memory(self.mm, scratch, handed)
+        claim_memory(self.mm, self.memory, scratch, handed)
         self.kho = KexecHandover(self.memory, self.mm, scratch)
         """Where participants preserve memory and where their records go."""
         self._gone = False

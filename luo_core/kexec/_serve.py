@@ -29,6 +29,7 @@ from luo_core.errors import (
     PeerGoneError,
 )
 from luo_core.kernel._kernel import Kernel
+from luo_core.kernel._state import State
 from luo_core.kexec._watch import watch
 
 READY_TIMEOUT: Final = 60.0
@@ -88,6 +89,8 @@ class KernelServer:
             except Exception as exc:
                 _wire.close_fds(fds)
                 reply = error_reply(exc)
+            if self.kernel.state is State.NORMAL:
+                self._unload()  # no update in progress (cancelled, rolled back): no next kernel
             try:
                 _wire.send(self.control, reply)
             except (PeerGoneError, OSError):  # the operator went away mid-answer
@@ -119,7 +122,6 @@ class KernelServer:
             return self.describe(), False
         if op == "cancel":
             kernel.cancel()
-            self._unload()
             return self.describe(), False
         if op == "finish":
             kernel.finish()
@@ -200,12 +202,7 @@ class KernelServer:
             raise InvalidTransitionError(
                 f"kexec: no live update in progress (state {state}); prepare first"
             )
-        try:
-            root = self.kernel._jump()
-        except BaseException:
-            if self.kernel.state.value == "normal":
-                self._unload()
-            raise
+        root = self.kernel._jump()
         stats = self.kernel.stats
         left = list(stats.threads_left) if stats is not None else []
         self.kernel._die()

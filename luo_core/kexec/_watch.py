@@ -2,13 +2,15 @@
 
 A kernel has no files and no environment that survive kexec, and its packs'
 module globals and class attributes are gone with its process.  So a pack
-that writes a file, changes the environment, or keeps state in a module
-global or a class attribute is about to lose that state, or to smuggle it
-around the handoff.  The watch records the first two as they happen (a
-``sys.addaudithook`` hook, armed once the kernel has booted) and fingerprints
-the packs' module globals and class attributes after boot, so that it can
-name what changed since.  The contract suite asks for these findings to tell
-an author *which* channel their state took.
+that changes a file system (writes a file, makes a directory, renames,
+truncates, links or touches one, creates shared memory), changes the
+environment, or keeps state in a module global or a class attribute is
+about to lose that state, or to smuggle it around the handoff.  The watch
+records the first two as they happen (a ``sys.addaudithook`` hook, armed
+once the kernel has booted) and fingerprints the packs' module globals and
+class attributes after boot, so that it can name what changed since.  The
+contract suite asks for these findings to tell an author *which* channel
+their state took.
 """
 
 from __future__ import annotations
@@ -23,6 +25,23 @@ from typing import Any, Final
 
 MAX_FINDINGS: Final = 64
 _WRITE_FLAGS: Final = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+_FILE_EVENTS: Final = frozenset(
+    {
+        "os.chmod",
+        "os.chown",
+        "os.link",
+        "os.mkdir",
+        "os.remove",
+        "os.rename",
+        "os.rmdir",
+        "os.symlink",
+        "os.truncate",  # also what creating a POSIX shared memory object does
+        "os.utime",
+        "sqlite3.connect",
+    }
+)
+"""Audit events that change a file system without an ``open`` for writing."""
+_HARMLESS: Final = ("/dev/null", "/dev/tty")
 
 
 class Watch:
@@ -65,6 +84,18 @@ class Watch:
             )
             if writes and isinstance(path, str | bytes) and not _harmless(path):
                 self.files.append(f"{os.fsdecode(path)} ({threading.current_thread().name})")
+        elif event in _FILE_EVENTS and args:
+            target = args[0]
+            if event == "sqlite3.connect" and target in (":memory:", b":memory:", ""):
+                return
+            if isinstance(target, str | bytes):
+                if _harmless(target):
+                    return
+                where = os.fsdecode(target)
+            else:
+                where = f"descriptor {target!r:.20}"
+            thread = threading.current_thread().name
+            self.files.append(f"{where} ({event.removeprefix('os.')}; {thread})")
         elif event in ("os.putenv", "os.unsetenv") and args:
             self.environment.append(f"{os.fsdecode(args[0])} ({event.removeprefix('os.')})")
 
@@ -98,8 +129,9 @@ def _descriptor(item: object) -> bool:
 
 
 def _harmless(path: str | bytes) -> bool:
+    """Paths a write to cannot keep state: ``/dev/null``, the terminal, this process."""
     text = os.fsdecode(path)
-    return text.startswith(("/dev/", "/proc/self/")) or text.endswith(".pyc")
+    return text in _HARMLESS or text.startswith("/proc/self/")
 
 
 WATCH: Watch | None = None

@@ -20,6 +20,7 @@ import re
 import select
 import threading
 import time
+import types
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from importlib import metadata
@@ -292,9 +293,15 @@ class ModelRunner:
 
 
 def _build(ep: metadata.EntryPoint) -> object:
-    """The entry point's plugin, built only if its module or class ships device models."""
+    """The entry point's plugin, as a kernel builds it, if it ships device models.
+
+    A module or a class says so by its attributes, and a pack with drivers only
+    is not built here; a factory function has to be called to say.
+    """
     loaded = ep.load()
-    return resolve(loaded) if hasattr(loaded, "luo_device_models") else None
+    if isinstance(loaded, types.ModuleType | type) and not hasattr(loaded, "luo_device_models"):
+        return None
+    return resolve(loaded)
 
 
 def _same(obj: object) -> object:

@@ -192,15 +192,27 @@ class Registers:
         return self._read(offset, width)
 
     def write(self, offset: int, value: int, width: int = 32) -> None:
-        """A raw write at ``offset``; the driver side may only write its own registers."""
+        """A raw write at ``offset``; the driver side may only write its own registers.
+
+        Every byte a driver writes must belong to one of them: offsets where the
+        device has no register are refused (real hardware drops such writes), so
+        that no window holds a driver's bytes the device does not know of.
+        """
         self._bounds(offset, width)
-        touched = [r for r in self.map if r.offset < offset + width // 8 and offset < r.end]
+        end = offset + width // 8
+        touched = [r for r in self.map if r.offset < end and offset < r.end]
         if self._side == "driver":
             for reg in touched:
                 if reg.owner != "driver":
                     raise RegisterError(
                         f"offset {offset:#x} is register {reg.name}, read-only to the driver"
                     )
+            covered = sum(min(end, r.end) - max(offset, r.offset) for r in touched)
+            if covered < end - offset:
+                raise RegisterError(
+                    f"offset {offset:#x} ({width} bits) reaches bytes where the device has no "
+                    "register: a driver writes only registers (real hardware drops the rest)"
+                )
         self._write(offset, width, value, f"at {offset:#x}")
         if self._kick is not None and any(r.doorbell for r in touched):
             self._kick()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import os
 import secrets
 import signal
@@ -27,6 +26,7 @@ from typing import Any
 from luo_core._logging import configure as configure_logging
 from luo_core._logging import get_logger
 from luo_core.abi import _wire
+from luo_core.abi._boot import resolve
 from luo_core.abi._machine import Machine
 from luo_core.errors import HardwareError, LiveUpdateError, PeerGoneError
 from luo_core.platform._hardware import Connection, Hardware, close_fds
@@ -79,14 +79,6 @@ def _accept(hardware: Hardware, listener: socket.socket) -> None:
         ).start()
 
 
-def _load(ref: str) -> object:
-    module, _, attr = ref.partition(":")
-    obj: object = importlib.import_module(module)
-    for part in filter(None, attr.split(".")):
-        obj = getattr(obj, part)
-    return obj() if isinstance(obj, type) else obj
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m luo_core.platform")
     parser.add_argument("--control-fd", type=int, required=True)
@@ -107,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise HardwareError("power-on models must be a list of 'module:attr' references")
         machine = Machine.from_wire(request.get("machine"))
         hardware = Hardware(
-            machine, models=[_load(r) for r in refs], discover=request.get("discover") is True
+            machine, models=[resolve(r) for r in refs], discover=request.get("discover") is True
         )
     except Exception as exc:
         with contextlib.suppress(Exception):
