@@ -36,6 +36,15 @@ from luo_core.kernel._records import (
 )
 from luo_core.kernel._state import Event, State
 from luo_core.kernel.devices import Device
+from luo_core.kernel.sessions import (
+    FileHandler,
+    FileHandlerOps,
+    Flb,
+    FlbOps,
+    LiveFile,
+    LiveUpdateDevice,
+    Session,
+)
 from luo_core.platform import Machine
 
 __all__ = [
@@ -45,12 +54,19 @@ __all__ = [
     "DeviceDriver",
     "DeviceDriverOps",
     "Event",
+    "FileHandler",
+    "FileHandlerOps",
+    "Flb",
+    "FlbOps",
     "Kernel",
     "KernelConfig",
+    "LiveFile",
+    "LiveUpdateDevice",
     "Machine",
     "PhaseStats",
     "PhysAddr",
     "PhysRange",
+    "Session",
     "State",
     "Subsystem",
     "SubsystemOps",

@@ -56,6 +56,25 @@ class NotFoundError(LiveUpdateError):
     errno = _errno.ENOENT
 
 
+class InvalidArgumentError(LiveUpdateError, ValueError):
+    """An argument the kernel refuses: a bad session name, a missing callback (``EINVAL``)."""
+
+    errno = _errno.EINVAL
+
+
+class BadFileError(LiveUpdateError):
+    """Not an open file descriptor (``EBADF``)."""
+
+    errno = _errno.EBADF
+
+
+class SessionsUnavailableError(LiveUpdateError):
+    """The incoming sessions could not be deserialized; ``/dev/liveupdate`` cannot be
+    opened until the next reboot (``EIO``, as ``luo_open`` returns)."""
+
+    errno = _errno.EIO
+
+
 class DeviceError(LiveUpdateError):
     """A device cannot take part in a live update (``EINVAL``)."""
 

@@ -6,6 +6,13 @@ import luo_core
 import luo_core.errors
 
 PUBLIC = {
+    "FileHandler",
+    "FileHandlerOps",
+    "Flb",
+    "FlbOps",
+    "LiveFile",
+    "LiveUpdateDevice",
+    "Session",
     "Bus",
     "BusOps",
     "Device",

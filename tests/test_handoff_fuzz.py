@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import struct
 import zlib
 
@@ -38,6 +39,14 @@ def real_handoff() -> bytes:
                 continue
             if dev.driver is not None and dev.driver.name == "example-nic":
                 transmit(dev, 40)
+    sessions = kernel.open_liveupdate()
+    for name, contents in (("vm-1", [b"guest", b""]), ("empty", [])):
+        session = sessions.create_session(name)
+        for token, data in enumerate(contents):
+            fd = os.memfd_create(name)
+            os.write(fd, data)
+            session.preserve_fd(fd, token)
+            os.close(fd)
     kernel.prepare()
     new = kernel.kexec()
     assert new.kho_root is not None
@@ -51,7 +60,12 @@ def read_like_a_kernel(blob: bytes) -> None:
 
 def test_the_real_handoff_reads_back() -> None:
     report = describe(real_handoff())
-    assert len(report["nodes"]) == 8
+    assert len(report["nodes"]) == 9
+    (luo,) = (node for node in report["nodes"] if node["name"] == "LUO")
+    assert [(s["name"], [f["token"] for f in s["files"]]) for s in luo["sessions"]] == [
+        ("vm-1", [0, 1]),
+        ("empty", []),
+    ]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

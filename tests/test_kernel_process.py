@@ -313,7 +313,7 @@ def test_a_booted_kernel_answers_hostile_requests_with_typed_errors(
     typed(ask({"op": "reboot"}), errors.NotFoundError, 95, "does not know the request 'reboot'")
     typed(ask({"op": "request", "device": 7}), errors.HandoffError, 74, "'device' must be text")
     typed(ask({"op": "request", "device": "nope"}), errors.NotFoundError, 2, "no device 'nope'")
-    typed(ask({"op": "kexec"}), errors.InvalidTransitionError, 22, "prepare first")
+    typed(ask({"op": "kexec"}), errors.InvalidTransitionError, 22, "no next kernel is loaded")
 
     # Descriptors a request does not take are refused, and closed.
     held = open_fds(image.process.pid)

@@ -83,11 +83,19 @@ def test_the_transition_table_is_the_luo_rfc_one() -> None:
     }
 
 
-def test_kexec_without_prepare_is_einval(kernel: Kernel) -> None:
-    with pytest.raises(InvalidTransitionError, match="prepare first") as info:
-        kernel.kexec()
-    assert info.value.errno == errno.EINVAL
-    assert kernel.state is State.NORMAL
+def test_kexec_without_prepare_is_a_plain_kexec(kernel: Kernel, journal: list[str]) -> None:
+    """No update prepared: a plain kexec, nothing preserved, the next kernel boots cold.
+
+    RFC v1 ``device_shutdown()`` (``drivers/base/core.c`` [rfc1]) keeps a device
+    running only while a live update is in progress, and upstream
+    ``liveupdate_reboot()`` (``kernel/liveupdate/luo_core.c``) lets every
+    ``reboot(LINUX_REBOOT_CMD_KEXEC)`` through.
+    """
+    new = kernel.kexec()
+    assert new.state is State.NORMAL
+    assert new.liveupdate_number == 1
+    assert not [entry for entry in journal if entry.startswith(("prepare", "freeze"))]
+    assert new.handed_over("subsystem", "alpha") is None
 
 
 def test_kexec_from_prepared_freezes_on_the_way(kernel: Kernel, journal: list[str]) -> None:

@@ -90,7 +90,14 @@ class LiveUpdateModel(RuleBasedStateMachine):
     @rule(fail=FAIL)
     def kexec(self, fail: bool) -> None:
         if self.state not in (State.PREPARED, State.FROZEN):
-            self.expect_errno(self.kernel.kexec, errno.EINVAL)
+            # A plain kexec (RFC v1 dev_liveupdate: device_shutdown() preserves only
+            # during a live update): every device is shut down and reset.
+            self.kernel = self.kernel.kexec()
+            self.preserved = set()
+            self.counters = dict.fromkeys(NICS, 0)
+            self.requested = set()
+            self.extra = set()
+            self.state = State.NORMAL
             return
         if fail and self.state is State.PREPARED:
             self.pack.fail.add("freeze:alpha")

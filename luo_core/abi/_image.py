@@ -2,8 +2,9 @@
 
 The file is a frame (magic ``LUOI``, see :mod:`luo_core.abi._frame`) whose
 body is the CBOR array ``[memory-size, root-phys, [[phys, bytes], ...]]``: the bytes of
-the root and of every node blob at their physical addresses.  Participants'
-own preserved ranges (guest memory, say) are not included.  Loading an image
+the root, of every node blob and of the sessions' arrays, at their physical
+addresses.  Participants' own preserved ranges (guest memory, a memfd's
+pages) are not included.  Loading an image
 rebuilds a sparse memory (:class:`ImageMemory`) and hands it to the same
 reader the next kernel uses, so ``luo inspect`` validates exactly what a
 kernel would.
@@ -16,6 +17,7 @@ import cbor2
 from luo_core.abi._cbor import decode_strict
 from luo_core.abi._frame import FrameKind
 from luo_core.abi._kho import Memory, read_root
+from luo_core.abi._luo import FILE_SER, KHO_ENTRY, flbs_size, read_luo, sessions_size, unpack_tree
 from luo_core.errors import HandoffError, PhysicalMemoryError
 
 IMAGE = FrameKind("handoff image", b"LUOI", 2, max_body=1 << 30)
@@ -27,6 +29,12 @@ def save_image(memory: Memory, root_phys: int) -> bytes:
     handed = read_root(memory, root_phys)
     regions = [[handed.root.start, memory.read(handed.root.start, handed.root.size)]]
     regions += [[n.phys, memory.read(n.phys, n.length)] for n in handed.nodes.values()]
+    if KHO_ENTRY in handed.nodes:  # the sessions' arrays too (not their files' own data)
+        luo = read_luo(memory, handed.preserved, unpack_tree(handed.read(memory, KHO_ENTRY)))
+        spans = [(luo.tree.session_header, sessions_size(len(luo.sessions)))]
+        spans += [(s.files, s.count * FILE_SER.size) for s in luo.sessions if s.count]
+        spans.append((luo.tree.flb_header, flbs_size(len(luo.flbs))))
+        regions += [[phys, memory.read(phys, length)] for phys, length in spans]
     body = cbor2.dumps([memory.size, root_phys, sorted(regions)])
     return IMAGE.pack(body)
 

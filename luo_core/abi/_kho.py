@@ -24,7 +24,7 @@ from luo_core.abi._types import is_u64
 from luo_core.errors import HandoffError, LiveUpdateError
 
 ROOT = FrameKind("KHO root", b"LUOK", 2, max_body=16 << 20)
-_NAME = re.compile(r"^[a-z0-9][a-z0-9,._:+-]{0,127}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9,._:+-]{0,127}$")
 
 
 class Memory(Protocol):

@@ -6,9 +6,10 @@ import argparse
 from typing import Any
 
 from luo_core.cli._args import dumps, paragraph
-from luo_core.kernel._records import Bus, DeviceDriver, Record
-from luo_core.kernel._registry import PluginRegistry, load_plugins
+from luo_core.kernel._records import Bus, DeviceDriver
+from luo_core.kernel._registry import PluginRegistry, Record, load_plugins
 from luo_core.kernel.devices import _builtin
+from luo_core.kernel.sessions import FileHandler
 
 
 def add_parser(verbs: Any) -> None:
@@ -42,6 +43,8 @@ def describe(record: Record) -> dict[str, Any]:
         }
     if isinstance(record, Bus):
         return {"kind": "bus", "name": record.name, "liveupdate": record.liveupdate}
+    if isinstance(record, FileHandler):
+        return {"kind": "file handler", "name": record.compatible}
     return {"kind": "subsystem", "name": record.name}
 
 

@@ -10,6 +10,9 @@ import attrs
 from luo_core.abi import decode_state, load_image, read_root, schema_of, unseal
 from luo_core.abi._frame import HEADER, OVERHEAD
 from luo_core.abi._image import IMAGE
+from luo_core.abi._kho import MemRange
+from luo_core.abi._luo import KHO_ENTRY, read_luo, unpack_tree
+from luo_core.abi._meta import META_NODE
 from luo_core.cli._args import dumps, mac_address
 from luo_core.cli._input import (
     STDIN,
@@ -32,7 +35,8 @@ Read a saved handoff (luo demo --save-handoff FILE) exactly as the next kernel
 would: the image frame, the KHO root, every node's envelope and checksum.
 Print the liveupdate-number, the preserved ranges and each node's compatible,
 version and length, with its fields decoded by the schema of the installed
-pack that declares it (a field named mac or ending in _mac prints as
+pack that declares it, and the sessions in the LUO entry with their files
+(token, file handler, data handle) (a field named mac or ending in _mac prints as
 aa:bb:cc:dd:ee:ff).  HANDOFF is a regular file of at most 1 GiB + 16 bytes
 ({MAX_IMAGE_BYTES}, the largest handoff image), or - for stdin; anything else
 (a device, a named pipe, a directory, a larger file) is refused before it is
@@ -166,13 +170,15 @@ def describe(blob: bytes, schemas: Schemas | None = None) -> dict[str, Any]:
         schemas = known_schemas()
     nodes = []
     for name, node in sorted(handed.nodes.items()):
-        sealed = unseal(handed.read(memory, name)) if name != "luo:meta" else None
         entry: dict[str, Any] = {
             "name": name,
             "compatible": node.compatible,
             "phys": node.phys,
             "length": node.length,
         }
+        if name == KHO_ENTRY:
+            entry.update(_sessions(memory, handed.preserved, handed.read(memory, name)))
+        sealed = unseal(handed.read(memory, name)) if name not in (META_NODE, KHO_ENTRY) else None
         if sealed is not None:
             entry["version"] = sealed.version
             schema = schemas.by_compatible.get(sealed.compatible)
@@ -191,6 +197,24 @@ def describe(blob: bytes, schemas: Schemas | None = None) -> dict[str, Any]:
         "liveupdate_number": handed.liveupdate_number,
         "preserved": [[r.start, r.size] for r in handed.preserved],
         "nodes": nodes,
+    }
+
+
+def _sessions(memory: Any, preserved: tuple[MemRange, ...], blob: bytes) -> dict[str, Any]:
+    """The ``LUO`` entry: its sessions, their files by token, and the FLBs."""
+    luo = read_luo(memory, preserved, unpack_tree(blob))
+    return {
+        "sessions": [
+            {
+                "name": s.name,
+                "files": [
+                    {"token": f.token, "compatible": f.compatible, "data": f.data}
+                    for f in luo.files[s.name]
+                ],
+            }
+            for s in luo.sessions
+        ],
+        "flbs": [{"compatible": f.name, "data": f.data, "count": f.count} for f in luo.flbs],
     }
 
 
@@ -239,6 +263,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {label}  {node['length']} bytes")
         for key, value in (node.get("fields") or {}).items():
             print(f"      {printable(key)} = {show(value, key)}")
+        for session in node.get("sessions", ()):
+            files = session["files"]
+            print(f"      session {printable(session['name'])}: {len(files)} file(s)")
+            for f in files:
+                handle = f"data {f['data']:#x}"
+                print(f"        token {f['token']:#x}  {printable(f['compatible'])}  {handle}")
+        for flb in node.get("flbs", ()):
+            print(f"      FLB {printable(flb['compatible'])}: {flb['count']} file(s)")
         if "note" in node:
             print(f"      ({node['note']})")
     return 0

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 from luo_core.kernel._records import Bus, DeviceDriver, Subsystem
+from luo_core.kernel.sessions._records import FileHandler
 from luo_core.platform._models import PROJECT as PROJECT
 
 if TYPE_CHECKING:
@@ -123,6 +124,57 @@ class LuoSpec:
             >>> kernel = Kernel.boot(Machine(), plugins=[UsbPack], discover=False)
             >>> sorted(kernel.registry.buses)
             ['pci', 'platform', 'usb']
+        """
+
+    @hookspec
+    def luo_file_handlers(self, kernel: Kernel | None) -> Iterable[FileHandler]:  # type: ignore[empty-body]
+        """Register file handlers (``liveupdate_register_file_handler``), with their FLBs.
+
+        Called once per kernel boot, before the sessions handed over are read:
+        a handler the next kernel lacks makes ``/dev/liveupdate`` fail with
+        ``EIO`` there.  A compatible claimed by two packs is an error naming
+        both.  luo registers ``memfd-v1`` itself.
+
+        Example (a pipe's unread bytes, handed over as a record)::
+
+            >>> import os
+            >>> from luo_core import FileHandler, FileHandlerOps, Kernel, Machine, hookimpl, state
+            >>> @state(compatible="acme,pipe-data", version=1)
+            ... class PipeRecord:
+            ...     data: bytes
+            >>> class PipeOps(FileHandlerOps):
+            ...     def can_preserve(self, file):
+            ...         return os.readlink(f"/proc/self/fd/{file.fd}").startswith("pipe:")
+            ...     def preserve(self, file):
+            ...         return PipeRecord(b"")
+            ...     def freeze(self, file, data):
+            ...         os.set_blocking(file.fd, False)
+            ...         try:
+            ...             return PipeRecord(os.read(file.fd, 65536))
+            ...         except BlockingIOError:
+            ...             return None
+            ...     def unpreserve(self, file, data):
+            ...         pass
+            ...     def retrieve(self, data):
+            ...         r, w = os.pipe()
+            ...         os.write(w, data.data)
+            ...         os.close(w)
+            ...         return r
+            ...     def finish(self, file, data, retrieved):
+            ...         pass
+            >>> class PipePack:
+            ...     @hookimpl
+            ...     def luo_file_handlers(self):
+            ...         yield FileHandler("acme,pipe-v1", PipeOps(), schema=PipeRecord)
+            >>> kernel = Kernel.boot(Machine(), plugins=[PipePack], discover=False)
+            >>> r, w = os.pipe()
+            >>> _ = os.write(w, b"in flight")
+            >>> session = kernel.open_liveupdate().create_session("app")
+            >>> session.preserve_fd(r, token=1)
+            >>> new = kernel.kexec()
+            >>> fd = new.open_liveupdate().retrieve_session("app").retrieve_fd(1)
+            >>> os.read(fd, 100)
+            b'in flight'
         """
 
     @hookspec

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from luo_core.abi._meta import META_COMPATIBLE, write_meta
-from luo_core.errors import InvalidTransitionError, KernelGoneError, LiveUpdateError
+from luo_core.errors import KernelGoneError, LiveUpdateError
 from luo_core.kernel._base import log
 from luo_core.kernel._handover import publish
 from luo_core.kernel._participants import DEVICE, device_key, label
@@ -38,26 +38,37 @@ class Jump(Phases):
     """kexec, seen from the kernel that leaves."""
 
     def _jump(self) -> int:
-        """Finalize the handoff and return the KHO root's physical address."""
+        """Finalize the handoff and return the KHO root's physical address.
+
+        As ``liveupdate_reboot()``: the outgoing sessions' files freeze
+        first; if one fails the kexec is refused and everything runs on.
+        Then, for a prepared update, the participants freeze.  Without one
+        this is a plain kexec: every device is shut down and reset, and the
+        next kernel boots cold but for the sessions.
+        """
         self._alive()
-        if self.state is State.PREPARED:
-            self.freeze()
+        self.luo.freeze()
+        try:
+            if self.state is State.PREPARED:
+                self.freeze()
+        except BaseException:
+            self.luo.unfreeze()
+            raise
         with self._sm.hold("kexec"):
-            if self.state is not State.FROZEN:
-                raise InvalidTransitionError(
-                    f"kexec: no live update in progress (state {self.state.value}); prepare first"
-                )
-            stats = self._update_stats()
+            live = self.state is State.FROZEN
+            stats = self._update_stats() if live else None
             runner = self._start("kexec")
-            kept = {name for kind, name in self._prepared if kind == DEVICE}
+            kept = {name for kind, name in self._prepared if kind == DEVICE} if live else set()
             for dev in reversed(self.devices.devices()):
                 if dev.name not in kept:
                     if dev.driver is not None:
                         runner.call_quietly(label(device_key(dev)), dev.driver.ops.shutdown, dev)
                     self._reset(dev)
-            stats.threads_left = self._threads_left()
-            stats.phases["kexec"] = runner.stats  # the next kernel closes it
-            publish(self.kho, META_KEY, META_COMPATIBLE, write_meta(stats))
+            self.luo.publish(self.liveupdate_number + 1)
+            if stats is not None:
+                stats.threads_left = self._threads_left()
+                stats.phases["kexec"] = runner.stats  # the next kernel closes it
+                publish(self.kho, META_KEY, META_COMPATIBLE, write_meta(stats))
             return self.kho.finalize(self.liveupdate_number + 1).phys
 
     def _reset(self, dev: Device) -> None:
@@ -85,6 +96,7 @@ class Jump(Phases):
         for the leak check."""
         tracked = self._owned() if track else []
         self._gone = True
+        self.luo.die()
         self._link.close()
         # What a gone kernel keeps is what it booted from and who it was; the
         # rest goes, so that holding the old kernel holds nothing of its packs.

@@ -14,10 +14,11 @@ from collections.abc import Callable, Sequence
 
 from luo_core.abi import MemRange, read_root, unseal
 from luo_core.abi._boot import BootParams, KernelConfig, PluginFactory
+from luo_core.abi._luo import KHO_ENTRY
 from luo_core.abi._machine import Machine
 from luo_core.abi._stats import UpdateStats
 from luo_core.errors import ExistsError, NotFoundError
-from luo_core.kernel._handover import boot_allocator, claim_memory, read_records
+from luo_core.kernel._handover import boot_allocator, claim_memory, kho_owned, read_records
 from luo_core.kernel._hwlink import HardwareLink
 from luo_core.kernel._jump import META_KEY, Jump
 from luo_core.kernel._kho import KexecHandover
@@ -27,8 +28,10 @@ from luo_core.kernel._preserved import Preserved
 from luo_core.kernel._records import Subsystem
 from luo_core.kernel._registry import PluginSource, build_registry, load_image
 from luo_core.kernel._restore import Restore
+from luo_core.kernel._sessions import SessionsApi
 from luo_core.kernel._state import State, StateMachine
 from luo_core.kernel.devices import DeviceTree, _builtin
+from luo_core.kernel.sessions import Luo, memfd_handler
 
 
 def load_kernel_image(config: KernelConfig) -> list[PluginSource]:
@@ -36,7 +39,7 @@ def load_kernel_image(config: KernelConfig) -> list[PluginSource]:
     return load_image(config.plugins, discover=config.discover, builtin=_builtin)
 
 
-class Kernel(Jump, Restore):
+class Kernel(Jump, Restore, SessionsApi):
     """One boot of the host.  :meth:`Kernel.boot` cold-boots one; ``kexec()`` gives the next."""
 
     def __init__(
@@ -93,9 +96,20 @@ class Kernel(Jump, Restore):
         self.registry = build_registry(
             load_kernel_image(self.config) if image is None else image, kernel=self
         )
+        self.luo = Luo(self.memory, self.mm, self.kho, handed)
+        """The sessions side: ``/dev/liveupdate``, file handlers, FLBs."""
+        self.luo.register_file_handler(
+            memfd_handler(self.luo.outgoing_memory, self.luo.incoming_memory)
+        )
+        for fh in self.registry.file_handlers.values():
+            self.luo.register_file_handler(fh)
         self._handed = handed
         incoming, corrupted = read_records(self.memory, handed) if handed else ({}, set())
-        self._sm = StateMachine(State.UPDATED if handed is not None else State.NORMAL)
+        incoming.pop((KHO_ENTRY, ""), None)
+        # A handoff with no participant record and no meta came from a plain kexec:
+        # this kernel boots cold, but for the sessions handed over.
+        live = bool(incoming or corrupted)
+        self._sm = StateMachine(State.UPDATED if live else State.NORMAL)
         self._subsystems = dict(self.registry.subsystems)
         self._preserved = Preserved()
         self._incoming = {}
@@ -108,7 +122,11 @@ class Kernel(Jump, Restore):
         )
         self.liveupdate_number = handed.liveupdate_number if handed is not None else 0
         """How many live updates led to this kernel (the root's ``liveupdate-number``)."""
-        if handed is None:
+        if not live:
+            if handed is not None:
+                for area in kho_owned(handed):  # the root, read: the sessions keep their own
+                    self.mm.release(area.start, area.size)
+                self._handed = None
             self.devices.probe(self.devices.devices())
         else:
             self._restore(incoming.pop(META_KEY, None), incoming, corrupted)

@@ -152,10 +152,9 @@ class KexecHandover:
         self.root = None
 
     def clear(self) -> None:
-        """Drop every node and preserved range (after a cancelled update)."""
+        """Drop every node and the root (after a cancelled update).  Ranges preserved by
+        others (the sessions' memory) stay preserved: they outlive an update."""
         if self.root is not None:
             self.abort()
         for name in list(self._nodes):
             self.remove_node(name)
-        self._preserved.clear()
-        self._sorted.clear()

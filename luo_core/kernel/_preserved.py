@@ -58,18 +58,7 @@ class Preserved:
 
     def open(self, key: Key, owner: str, schema: type[Any] | None, blob: bytes) -> object:
         """Decode a record handed over for ``owner`` (migrating old versions)."""
-        sealed = unseal(blob)
-        if schema is None:
-            raise DecodeError(
-                f"{owner} has no schema in this kernel: it cannot read {sealed.compatible}"
-            )
-        expected = schema_of(schema).compatible
-        if sealed.compatible != expected:
-            raise DecodeError(
-                f"{owner}: the record is {sealed.compatible} v{sealed.version}, "
-                f"this kernel reads {expected}"
-            )
-        value = decode_state(schema, sealed.payload, sealed.version)
+        value = open_sealed(blob, schema, owner)
         self.values[key] = value
         return value
 
@@ -78,3 +67,20 @@ class Preserved:
         self.sealed.clear()
         self.compatibles.clear()
         self.versions.clear()
+
+
+def open_sealed(blob: bytes, schema: type[Any] | None, owner: str) -> object:
+    """The value in a sealed record, decoded with ``owner``'s schema (migrating old
+    versions); :class:`DecodeError` if the record is not of that schema."""
+    sealed = unseal(blob)
+    if schema is None:
+        raise DecodeError(
+            f"{owner} has no schema in this kernel: it cannot read {sealed.compatible}"
+        )
+    expected = schema_of(schema).compatible
+    if sealed.compatible != expected:
+        raise DecodeError(
+            f"{owner}: the record is {sealed.compatible} v{sealed.version}, "
+            f"this kernel reads {expected}"
+        )
+    return decode_state(schema, sealed.payload, sealed.version)

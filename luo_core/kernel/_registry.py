@@ -27,7 +27,8 @@ from luo_core._logging import get_logger
 from luo_core.abi._boot import PluginFactory, factory_name, load_factory, resolve
 from luo_core.errors import PluginConflictError, PluginError
 from luo_core.kernel._hookspecs import PROJECT, LuoSpec
-from luo_core.kernel._records import Bus, DeviceDriver, PluginOrigin, Record, Subsystem
+from luo_core.kernel._records import Bus, DeviceDriver, PluginOrigin, Subsystem
+from luo_core.kernel.sessions._records import FileHandler
 from luo_core.platform._models import (
     DISABLE_ENV,
     ENTRY_POINT_GROUP,
@@ -37,10 +38,11 @@ from luo_core.platform._models import (
     normalize,
 )
 
+Record = Bus | DeviceDriver | Subsystem | FileHandler
 CORE_DISTRIBUTION = "luo-core"
 
 log = get_logger("luo.registry")
-R = TypeVar("R", Subsystem, DeviceDriver, Bus)
+R = TypeVar("R", Subsystem, DeviceDriver, Bus, FileHandler)
 
 
 def core_origin() -> PluginOrigin:
@@ -158,6 +160,8 @@ class PluginRegistry:
         self.drivers: dict[str, DeviceDriver] = {}
         """Drivers by compatible string."""
         self.buses: dict[str, Bus] = {}
+        self.file_handlers: dict[str, FileHandler] = {}
+        """File handlers packs yield (``luo_file_handlers``), by compatible."""
         self.unknown_disabled: list[str] = []
         """Names in ``LUO_DISABLE_PLUGINS`` that match no installed pack (see
         :func:`unknown_disabled`); set by :func:`load_plugins`."""
@@ -265,6 +269,7 @@ class PluginRegistry:
             ("luo_buses", Bus),
             ("luo_device_drivers", DeviceDriver),
             ("luo_subsystems", Subsystem),
+            ("luo_file_handlers", FileHandler),
         )
         for hook_name, kind in hooks:
             for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
@@ -293,6 +298,8 @@ class PluginRegistry:
             _claim(self.subsystems, record.name, record, "subsystem")
         elif isinstance(record, Bus):
             _claim(self.buses, record.name, record, "bus")
+        elif isinstance(record, FileHandler):
+            _claim(self.file_handlers, record.compatible, record, "file handler compatible")
         else:
             names = {d.name: d for d in self.drivers.values()}
             if record.name in names:

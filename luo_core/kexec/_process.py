@@ -34,6 +34,7 @@ from luo_core.abi._machine import Machine
 from luo_core.abi._stats import UpdateStats
 from luo_core.errors import CallbackError, KexecError, LiveUpdateError, PeerGoneError
 from luo_core.kexec._image import LOAD_TIMEOUT
+from luo_core.kexec._sessions import RemoteLiveUpdateDevice
 
 REQUEST_TIMEOUT: Final = 600.0
 """How long the operator waits for a kernel to answer one request (s)."""
@@ -305,6 +306,14 @@ class KernelProcess:
 
     # -- what it is asked to do -------------------------------------------------------
 
+    def open_liveupdate(self) -> RemoteLiveUpdateDevice:
+        """Open this kernel's ``/dev/liveupdate`` (see :meth:`luo_core.Kernel.open_liveupdate`)."""
+        reply = self._call({"op": "luo-open"})
+        handle = reply.get("handle")
+        if type(handle) is not int:
+            raise KexecError("the kernel answered luo-open without a handle")
+        return RemoteLiveUpdateDevice(self, handle)
+
     def request(self, device: str) -> None:
         self._call({"op": "request", "device": device})
 
@@ -325,9 +334,8 @@ class KernelProcess:
         """normal -> prepared, with the next kernel loaded and warm by the end of it."""
         config = next_config or self.config
         env = self.env if next_env is None else next_env
-        image = _Image(next_python or self.python, env, next_kernel=True, log=self._log)
+        image = self._load_next(config, next_python or self.python, env)
         try:
-            image.load(BootParams(self._platform.address, self._platform.machine, config))
             assert image.cpr is not None
             self._call(
                 {"op": "prepare", "target": dict(target) if target else None}, [image.cpr.fileno()]
@@ -348,6 +356,18 @@ class KernelProcess:
             self._next.discard()
         self._next = image
         self._next_config = config
+
+    def _load_next(
+        self, config: KernelConfig, python: str, env: Mapping[str, str] | None
+    ) -> _Image:
+        """Start the next kernel image and give it its boot parameters (``kexec -l``)."""
+        image = _Image(python, env, next_kernel=True, log=self._log)
+        try:
+            image.load(BootParams(self._platform.address, self._platform.machine, config))
+        except BaseException:
+            image.discard()
+            raise
+        return image
 
     def freeze(self) -> None:
         try:
@@ -370,15 +390,26 @@ class KernelProcess:
         next one boots: no kernel exists while it runs.
         """
         nxt = self._next
+        passed: list[int] = []
+        if nxt is None:  # no update prepared: load the next kernel now, then jump (plain kexec)
+            nxt = self._load_next(self.config, self.python, self.env)
+            self._next_config = self.config
+            assert nxt.cpr is not None
+            passed = [nxt.cpr.fileno()]
         try:
-            self._call({"op": "kexec", "hold": during_blackout is not None})
+            self._call({"op": "kexec", "hold": during_blackout is not None}, passed)
         except LiveUpdateError:
-            if nxt is not None and self.state == "normal":
+            if passed:
+                nxt.discard()
+            elif self.state == "normal":
                 self._drop_next()
             raise
+        finally:
+            if passed and nxt.cpr is not None:
+                nxt.cpr.close()
+                nxt.cpr = None
         self._gone = True
         self._image.discard()  # the old kernel has exited: no kernel runs now
-        assert nxt is not None
         self._next = None
         try:
             if during_blackout is not None:
@@ -427,6 +458,17 @@ class KernelProcess:
     def _call(
         self, request: dict[str, Any], fds: list[int] | None = None, *, check: bool = True
     ) -> dict[str, Any]:
+        reply, received = self._exchange(request, fds, check=check)
+        _wire.close_fds(received)
+        return reply
+
+    def _call_fds(self, request: dict[str, Any]) -> list[int]:
+        """A request answered with descriptors, which the caller then owns."""
+        return self._exchange(request, None, check=True)[1]
+
+    def _exchange(
+        self, request: dict[str, Any], fds: list[int] | None, *, check: bool
+    ) -> tuple[dict[str, Any], list[int]]:
         if self._gone and check:
             raise errors.KernelGoneError(f"kernel {self.pid} was replaced by kexec or shut down")
         control = self._image.control
@@ -436,10 +478,10 @@ class KernelProcess:
             reply, received = _wire.receive(control)
         except PeerGoneError:
             raise KexecError(f"kernel {self.pid} died: {self._image._status()}") from None
-        _wire.close_fds(received)
         if "error" in reply:
+            _wire.close_fds(received)
             raise _rebuild(reply["error"])
-        return reply
+        return reply, received
 
 
 def _rebuild(error: object, prefix: str = "") -> LiveUpdateError:

@@ -30,6 +30,7 @@ from luo_core.errors import (
 )
 from luo_core.kernel._kernel import Kernel
 from luo_core.kernel._state import State
+from luo_core.kernel.sessions import LiveUpdateDevice, Session
 from luo_core.kexec._watch import watch
 
 READY_TIMEOUT: Final = 60.0
@@ -57,6 +58,10 @@ class KernelServer:
         self.kernel = kernel
         self.control = control
         self.cpr: socket.socket | None = None
+        self.handles: dict[int, LiveUpdateDevice | Session] = {}
+        """Open ``/dev/liveupdate`` and session objects, by the number the operator holds
+        (as a process holds descriptors)."""
+        self._next_handle = 1
 
     def describe(self) -> dict[str, Any]:
         kernel = self.kernel
@@ -84,18 +89,22 @@ class KernelServer:
                 self._power_off()
                 return 1
             leave = False
+            passed: list[int] = []
             try:
                 reply, leave = self._dispatch(request, fds)
+                passed = reply.pop("fds", [])
             except Exception as exc:
                 _wire.close_fds(fds)
                 reply = error_reply(exc)
             if self.kernel.state is State.NORMAL:
                 self._unload()  # no update in progress (cancelled, rolled back): no next kernel
             try:
-                _wire.send(self.control, reply)
+                _wire.send(self.control, reply, passed)
             except (PeerGoneError, OSError):  # the operator went away mid-answer
                 self._power_off()
                 return 0
+            finally:
+                _wire.close_fds(passed)
             if leave:
                 sys.stdout.flush()
                 sys.stderr.flush()
@@ -104,7 +113,7 @@ class KernelServer:
     def _dispatch(self, request: dict[str, Any], fds: list[int]) -> tuple[dict[str, Any], bool]:
         op = request.get("op")
         kernel = self.kernel
-        if op != "prepare" and fds:
+        if op not in ("prepare", "kexec", "luo") and fds:
             raise HandoffError(f"{op} carries no descriptors")
         if op == "state":
             return self.describe(), False
@@ -127,7 +136,11 @@ class KernelServer:
             kernel.finish()
             return self.describe(), False
         if op == "kexec":
-            return self._kexec(request), True
+            return self._kexec(request, fds), True
+        if op == "luo-open":
+            return {"handle": self._hold(kernel.open_liveupdate())}, False
+        if op == "luo":
+            return self._luo(request, fds), False
         if op == "devices":
             return {"devices": [_device(d) for d in kernel.devices.devices()]}, False
         if op == "stats":
@@ -158,17 +171,7 @@ class KernelServer:
         if len(fds) != 1:
             raise HandoffError("prepare carries exactly one descriptor: the next kernel's socket")
         self._unload()
-        try:
-            cpr = socket.socket(fileno=fds[0])
-        except OSError as exc:
-            os.close(fds[0])
-            raise HandoffError(
-                f"prepare: the next kernel's descriptor is not a socket: {exc}"
-            ) from None
-        if cpr.family != socket.AF_UNIX or cpr.type != socket.SOCK_STREAM:
-            cpr.close()
-            raise HandoffError("prepare: the next kernel's descriptor is not a UNIX stream socket")
-        self.cpr = cpr
+        self.cpr = _unix_socket(fds[0], "prepare")
         target = request.get("target")
         try:
             self.kernel.prepare(target=target, load=self._await_ready)
@@ -195,14 +198,23 @@ class KernelServer:
         if message.get("op") != "ready":
             raise HandoffError(f"the next kernel answered {message.get('op')!r}, not ready")
 
-    def _kexec(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _kexec(self, request: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        """Jump.  Without a prepared update the next kernel's socket comes with the
+        request (``kexec -l`` just before ``kexec -e``): a plain kexec."""
         hold = request.get("hold") is True
+        if fds:
+            if self.cpr is not None or len(fds) != 1:
+                _wire.close_fds(fds)
+                raise HandoffError(
+                    "kexec carries the next kernel's socket only when none is loaded"
+                )
+            self.cpr = _unix_socket(fds[0], "kexec")
+            self._await_ready()
         if self.cpr is None:
             state = self.kernel.state.value
-            raise InvalidTransitionError(
-                f"kexec: no live update in progress (state {state}); prepare first"
-            )
+            raise InvalidTransitionError(f"kexec: no next kernel is loaded (state {state})")
         root = self.kernel._jump()
+        self.handles.clear()
         stats = self.kernel.stats
         left = list(stats.threads_left) if stats is not None else []
         self.kernel._die()
@@ -231,6 +243,47 @@ class KernelServer:
             return _wire.plain(contract.snapshot(dev))
         raise NotFoundError(f"a contract has no {call!r}")
 
+    def _hold(self, obj: LiveUpdateDevice | Session) -> int:
+        handle = self._next_handle
+        self._next_handle += 1
+        self.handles[handle] = obj
+        return handle
+
+    def _luo(self, request: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        """A call on an open ``/dev/liveupdate`` or session, by handle."""
+        handle, call = request.get("handle"), _text(request, "call")
+        obj = self.handles.get(handle) if type(handle) is int else None
+        if obj is None:
+            raise LiveUpdateError(f"no open liveupdate object {handle!r:.20}", errno=errno.EBADF)
+        if call == "preserve_fd":
+            if len(fds) != 1 or not isinstance(obj, Session):
+                raise HandoffError("preserve_fd carries exactly one descriptor, to a session")
+            try:
+                obj.preserve_fd(fds[0], _token(request))
+            finally:
+                os.close(fds[0])  # LUO holds its own reference
+            return {}
+        if fds:
+            raise HandoffError(f"{call} carries no descriptors")
+        if call == "close":
+            obj.close()
+            del self.handles[handle]  # type: ignore[arg-type]
+            return {}
+        if isinstance(obj, LiveUpdateDevice):
+            if call == "create_session":
+                session = obj.create_session(_text(request, "name"))
+            elif call == "retrieve_session":
+                session = obj.retrieve_session(_text(request, "name"))
+            else:
+                raise NotFoundError(f"/dev/liveupdate has no {call!r}", errno=errno.ENOTTY)
+            return {"handle": self._hold(session), "name": session.name}
+        if call == "retrieve_fd":
+            return {"fds": [obj.retrieve_fd(_token(request))]}
+        if call == "finish":
+            obj.finish()
+            return {}
+        raise NotFoundError(f"a session has no {call!r}", errno=errno.ENOTTY)
+
     def _unload(self) -> None:
         if self.cpr is not None:
             self.cpr.close()
@@ -251,6 +304,28 @@ def _device(dev: Any) -> dict[str, Any]:
         "reclaimed": dev.reclaimed,
         "bus-master": dev.bus_master,
     }
+
+
+def _unix_socket(fd: int, what: str) -> socket.socket:
+    """The next kernel's end of the cpr channel, as received: it must be a UNIX stream."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        os.close(fd)
+        raise HandoffError(
+            f"{what}: the next kernel's descriptor is not a socket: {exc}"
+        ) from None
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        sock.close()
+        raise HandoffError(f"{what}: the next kernel's descriptor is not a UNIX stream socket")
+    return sock
+
+
+def _token(request: dict[str, Any]) -> int:
+    token = request.get("token")
+    if type(token) is not int:
+        raise HandoffError("request field 'token' must be an integer")
+    return token
 
 
 def _text(request: dict[str, Any], key: str) -> str:
