@@ -60,28 +60,33 @@ class SubsystemSteps:
 
 class DeviceSteps:
     """The per-device callbacks of each phase: driver first or bus first, as
-    the phase requires."""
+    the phase requires.
+
+    A device without a driver (an ancestor nobody bound, say) still takes
+    part: its bus's callbacks run, and it hands nothing over, as the RFC's
+    ``DEV_LIVEUPDATE_CALLBACK()`` skips a missing driver.
+    """
 
     def __init__(self, buses: dict[str, Bus], preserved: Preserved) -> None:
         self.buses = buses
         self.preserved = preserved
 
     def prepare(self, dev: Device) -> None:
-        assert dev.driver is not None
-        value = dev.driver.ops.prepare(dev)
-        self.preserved.keep(device_key(dev), dev.driver.name, dev.driver.schema, value)
+        if dev.driver is not None:
+            value = dev.driver.ops.prepare(dev)
+            self.preserved.keep(device_key(dev), dev.driver.name, dev.driver.schema, value)
 
     def freeze(self, dev: Device) -> None:
-        assert dev.driver is not None
-        key = device_key(dev)
-        value = dev.driver.ops.freeze(dev, self.preserved.values[key])
-        self.preserved.keep(key, dev.driver.name, dev.driver.schema, value)
+        if dev.driver is not None:
+            key = device_key(dev)
+            value = dev.driver.ops.freeze(dev, self.preserved.values[key])
+            self.preserved.keep(key, dev.driver.name, dev.driver.schema, value)
         self.buses[dev.bus].ops.freeze(dev)
 
     def cancel(self, dev: Device) -> None:
-        assert dev.driver is not None
         self.buses[dev.bus].ops.cancel(dev)
-        dev.driver.ops.cancel(dev, self.preserved.values[device_key(dev)])
+        if dev.driver is not None:
+            dev.driver.ops.cancel(dev, self.preserved.values[device_key(dev)])
 
     def restore(self, dev: Device, blob: bytes) -> None:
         if dev.driver is None:

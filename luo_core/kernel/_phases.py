@@ -180,9 +180,12 @@ class Phases(KernelBase):
         self._commit(event, State.NORMAL, ok=False)
 
     def _publish(self) -> None:
-        """Write every record that changed since it was last written into KHO."""
+        """Write every record that changed since it was last written into KHO
+        (a device without a driver has none: it hands nothing over)."""
         for key in self._prepared:
-            blob = self._preserved.sealed[key]
+            blob = self._preserved.sealed.get(key)
+            if blob is None:
+                continue
             if self._published.get(key) is not blob:
                 publish(self.kho, key, self._preserved.compatibles[key], blob)
                 self._published[key] = blob
@@ -190,7 +193,7 @@ class Phases(KernelBase):
     def _records(self) -> list[tuple[Key, Subsystem | DeviceDriver]]:
         """Who would hand over a record if the update started now."""
         found: list[tuple[Key, Subsystem | DeviceDriver]] = []
-        for dev in self.devices.requested():
+        for dev in self.devices.preserve_list():
             if dev.driver is not None:
                 found.append((device_key(dev), dev.driver))
         found += [(subsystem_key(sub), sub) for sub in self._subsystems.values()]
@@ -198,7 +201,7 @@ class Phases(KernelBase):
 
     def _participants(self) -> list[Key]:
         if self.state is State.NORMAL:
-            return [device_key(d) for d in self.devices.requested()]
+            return [device_key(d) for d in self.devices.preserve_list()]
         return list(self._prepared)
 
     def _cancel(self, runner: PhaseRunner, prepared: Iterable[Key]) -> None:
