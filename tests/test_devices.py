@@ -257,6 +257,44 @@ def test_freeze_children_first_restore_parents_first_links_honoured(workers: int
             assert order.index(dev.name) < order.index(child.name)
 
 
+def sibling_host() -> Machine:
+    """``a`` is enumerated before ``b``, but its child ``a1`` after ``b``."""
+    m = Machine()
+    for name, parent in [("root", None), ("a", "root"), ("b", "root"), ("a1", "a")]:
+        m.add(name, bus="fabric", compatible=EXAMPLE_NIC, parent=parent)
+    m.add("c", bus="fabric", compatible=EXAMPLE_NIC, parent="root")
+    m.add("d", bus="fabric", compatible=EXAMPLE_NIC, parent="root")
+    return m
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_devices_run_in_the_kernels_preserve_list_order(workers: int) -> None:
+    """The RFC lists the requested devices in enumeration order, each followed
+    by its ancestors not yet listed, then sorts the list by depth with the
+    stable ``list_sort()``: deepest first, devices at one depth in the order
+    they were listed.  ``a`` is listed after ``b`` (as ``a1``'s ancestor), so
+    it runs after ``b`` though enumerated before it; siblings ``c`` and ``d``
+    keep enumeration order ([rfc1] ``drivers/base/dev_liveupdate.c``
+    ``dev_liveupdate_build_preserve_list()``, ``__find_ancestors_and_depth()``,
+    ``dev_depth_cmp()``, ``__dev_liveupdate_reboot_prepare()``)."""
+    journal: list[str] = []
+    pack = JournalPack(journal, subsystems=(), buses=("fabric",))
+    kernel = Kernel.boot(sibling_host(), plugins=[pack], discover=False, workers=workers)
+    for name in ("d", "c", "b", "a1"):
+        kernel.devices.request(name)
+    expected = ["a1", "b", "a", "c", "d", "root"]
+    assert [d.name for d in kernel.devices.preserve_list()] == expected
+    kernel.prepare()
+    kernel.freeze()
+    for phase in ("prepare", "freeze"):
+        ran = [e.split(":", 1)[1] for e in journal if e.startswith(phase + ":")]
+        if workers == 1:
+            assert ran == expected
+        else:  # concurrent: the same devices, each after its children
+            assert sorted(ran) == sorted(expected)
+            assert ran.index("a1") < ran.index("a") and ran[-1] == "root"
+
+
 def test_a_requested_consumers_suppliers_take_part(journal: list[str]) -> None:
     m = tree_host()
     m.link(supplier="0000:03:00.0", consumer="0000:02:00.0")

@@ -141,15 +141,21 @@ class Phases(KernelBase):
         phase = event.value
         runner = self._start(phase)
         devices = [self.devices[name] for kind, name in self._participants() if kind == DEVICE]
+        # The RFC walks its preserve list in order; luo runs the same list as
+        # a graph (device links, workers), taking the earliest-listed device
+        # of those ready.
+        position = {dev: i for i, dev in enumerate(devices)}
         outcome = runner.run_graph(
             freeze_graph(devices),
             lambda d: runner.call(label(device_key(d)), device_step, d),
-            lambda d: -d.index,
+            position.__getitem__,
             stop_on_error=True,
         )
         failures: list[tuple[Key, Exception]] = [(device_key(d), e) for d, e in outcome.failed]
         if event is Event.PREPARE:
-            self._prepared.extend(device_key(d) for d in outcome.succeeded)
+            self._prepared.extend(
+                device_key(d) for d in sorted(outcome.succeeded, key=position.__getitem__)
+            )
         if not failures:
             for sub in self._subsystems.values():
                 key = subsystem_key(sub)
