@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from luo_core import Kernel, State
+from luo_core import Kernel, Machine, State
 from luo_core.errors import CallbackError
-from luo_core.platform import BUS_MASTER, Hardware, default_host
+from luo_core.platform import BUS_MASTER, EXAMPLE_NIC, Hardware, default_host
 from tests.journal import Boom, JournalPack, JournalRecord
 
 NICS = ("0000:01:00.0", "0000:01:00.1", "0000:02:00.0")
@@ -207,3 +207,65 @@ def test_a_hung_callback_times_out_and_rolls_back(journal: list[str]) -> None:
     assert info.value.errno == errno.ETIMEDOUT
     assert kernel.state is State.NORMAL
     assert [e for e in journal if e.startswith("cancel:")] == ["cancel:beta", "cancel:alpha"]
+
+
+# -- the bus's callbacks --------------------------------------------------------
+
+
+def fabric_host() -> Machine:
+    """A root with three children on a bus of the test's own (``fabric``)."""
+    m = Machine()
+    m.add("root", bus="fabric", compatible=EXAMPLE_NIC)
+    for name in ("a", "b", "c"):
+        m.add(name, bus="fabric", compatible=EXAMPLE_NIC, parent="root")
+    return m
+
+
+def fabric_kernel(journal: list[str]) -> tuple[Kernel, JournalPack]:
+    pack = JournalPack(journal, subsystems=("alpha",), buses=("fabric",))
+    kernel = Kernel.boot(fabric_host(), plugins=[pack], discover=False)
+    for name in ("a", "b", "c"):
+        kernel.devices.request(name)
+    return kernel, pack
+
+
+def test_the_bus_prepares_after_the_driver(journal: list[str]) -> None:
+    """For each device in turn, the driver's ``prepare`` then the bus's; the
+    same for freeze ([rfc1] ``drivers/base/dev_liveupdate.c``
+    ``__dev_liveupdate_reboot_prepare()``)."""
+    kernel, _ = fabric_kernel(journal)
+    kernel.prepare()
+    steps = ("prepare", "bus-prepare")
+    devices = ("a", "b", "c", "root")
+    assert journal == [*(f"{step}:{dev}" for dev in devices for step in steps), "prepare:alpha"]
+    journal.clear()
+    kernel.freeze()
+    assert journal[:2] == ["freeze:a", "bus-freeze:a"] and journal[-3:-1] == [
+        "freeze:root",
+        "bus-freeze:root",
+    ]
+
+
+@pytest.mark.parametrize("phase", ["prepare", "freeze"])
+def test_a_failing_bus_callback_cancels_that_devices_driver_first(
+    journal: list[str], phase: str
+) -> None:
+    """If a device's bus fails after its driver succeeded, the driver gets
+    ``cancel`` (the bus does not), before the other devices are cancelled
+    ([rfc1] ``__dev_liveupdate_reboot_prepare()``, label ``err_cancel_bus``)."""
+    kernel, pack = fabric_kernel(journal)
+    if phase == "freeze":
+        kernel.prepare()
+    pack.fail.add(f"bus-{phase}:b")
+    journal.clear()
+    with pytest.raises(CallbackError) as info:
+        getattr(kernel, phase)()
+    assert (info.value.participant, info.value.phase) == ("device:b", phase)
+    assert isinstance(info.value.__cause__, Boom)
+    cancels = [e for e in journal if "cancel:" in e]
+    assert cancels[0] == "cancel:b"
+    assert "bus-cancel:b" not in cancels and cancels.count("cancel:b") == 1
+    others = ["a", "c", "root"] if phase == "freeze" else ["a"]
+    for dev in others:
+        assert cancels.index(f"bus-cancel:{dev}") < cancels.index(f"cancel:{dev}")
+    assert kernel.state is State.NORMAL

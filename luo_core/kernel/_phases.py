@@ -140,6 +140,7 @@ class Phases(KernelBase):
         registration order, then ``last``; on the first failure roll back and raise."""
         phase = event.value
         runner = self._start(phase)
+        self._steps.bus_failed.clear()
         devices = [self.devices[name] for kind, name in self._participants() if kind == DEVICE]
         # The RFC walks its preserve list in order; luo runs the same list as
         # a graph (device links, workers), taking the earliest-listed device
@@ -181,6 +182,12 @@ class Phases(KernelBase):
     def _roll_back(self, event: Event, failures: list[tuple[Key, Exception]]) -> None:
         failed = {key for key, _ in failures}
         cancel = self._start("cancel")
+        # A device whose bus failed after its driver succeeded: its driver's
+        # cancel comes first, before the others' (err_cancel_bus).
+        for key, _ in failures:
+            if key[0] == DEVICE and key[1] in self._steps.bus_failed:
+                dev = self.devices[key[1]]
+                cancel.call_quietly(label(key), self._steps.cancel_driver, dev)
         self._cancel(cancel, [k for k in self._prepared if k not in failed])
         self._finish_phase(cancel, ok=True)
         self._commit(event, State.NORMAL, ok=False)
