@@ -276,7 +276,8 @@ def test_devices_run_in_the_kernels_preserve_list_order(workers: int) -> None:
     it runs after ``b`` though enumerated before it; siblings ``c`` and ``d``
     keep enumeration order ([rfc1] ``drivers/base/dev_liveupdate.c``
     ``dev_liveupdate_build_preserve_list()``, ``__find_ancestors_and_depth()``,
-    ``dev_depth_cmp()``, ``__dev_liveupdate_reboot_prepare()``)."""
+    ``dev_depth_cmp()``, ``__dev_liveupdate_reboot_prepare()``,
+    ``__dev_liveupdate_cancel()``)."""
     journal: list[str] = []
     pack = JournalPack(journal, subsystems=(), buses=("fabric",))
     kernel = Kernel.boot(sibling_host(), plugins=[pack], discover=False, workers=workers)
@@ -293,6 +294,11 @@ def test_devices_run_in_the_kernels_preserve_list_order(workers: int) -> None:
         else:  # concurrent: the same devices, each after its children
             assert sorted(ran) == sorted(expected)
             assert ran.index("a1") < ran.index("a") and ran[-1] == "root"
+    journal.clear()
+    kernel.cancel()  # the list backwards, bus then driver, in both modes
+    assert journal == [
+        f"{step}:{d}" for d in reversed(expected) for step in ("bus-cancel", "cancel")
+    ]
 
 
 def test_a_requested_consumers_suppliers_take_part(journal: list[str]) -> None:

@@ -2,10 +2,13 @@
 
 Prepare and freeze run the devices deepest first (children and consumers
 before their parent and supplier), then the subsystems in registration order.
-If participant *k* fails, those that succeeded get ``cancel`` in reverse
-order, the failing one gets none, the state is back to ``normal`` and
-:class:`~luo_core.errors.CallbackError` is raised.  Records are sealed as
-participants return them and written into KHO at the end of each phase.
+``cancel`` runs the devices in the reverse of that order, then the
+subsystems in registration order, as the RFC does.  If participant *k* fails,
+every other prepared participant gets ``cancel`` in that order, the failing
+one gets none (but the driver of a device whose bus failed does), the state
+is back to ``normal`` and :class:`~luo_core.errors.CallbackError` is raised.
+Records are sealed as participants return them and written into KHO at the
+end of each phase.
 """
 
 from __future__ import annotations
@@ -49,8 +52,8 @@ class Phases(KernelBase):
         checked: it is written at a version the target reads (through a
         rollback writer if need be), or :class:`~luo_core.errors.IncompatibleError`
         is raised before any callback runs.  If a participant fails, those
-        that succeeded get ``cancel`` in reverse order, the failing one gets
-        none, the state is back to ``normal`` and
+        that succeeded get ``cancel`` (in :meth:`cancel`'s order), the failing
+        one gets none, the state is back to ``normal`` and
         :class:`~luo_core.errors.CallbackError` is raised.
         """
         self._alive()
@@ -69,7 +72,8 @@ class Phases(KernelBase):
         """prepared -> frozen: the light, final step on the kexec path.
 
         On failure every prepared participant but the failing one gets
-        ``cancel`` (reverse order) and the state is back to ``normal``.
+        ``cancel`` (in :meth:`cancel`'s order) and the state is back to
+        ``normal``.
         """
         self._alive()
         with self._sm.transition(Event.FREEZE, timeout) as target:
@@ -80,7 +84,9 @@ class Phases(KernelBase):
             self._commit(Event.FREEZE, target)
 
     def cancel(self, timeout: float | None = None) -> None:
-        """prepared|frozen -> normal: every participant gets ``cancel``."""
+        """prepared|frozen -> normal: every participant gets ``cancel``: the
+        devices in the reverse of the order they prepared in (parents first),
+        bus then driver, then the subsystems in registration order."""
         self._alive()
         with self._sm.transition(Event.CANCEL, timeout) as target:
             runner = self._start("cancel")
@@ -218,12 +224,17 @@ class Phases(KernelBase):
         return list(self._prepared)
 
     def _cancel(self, runner: PhaseRunner, prepared: Iterable[Key]) -> None:
-        for key in reversed(list(prepared)):
-            kind, name = key
-            if kind == DEVICE:
-                runner.call_quietly(label(key), self._steps.cancel, self.devices[name])
-            else:
-                runner.call_quietly(label(key), self._sub_steps.cancel, self._subsystems[name])
+        """Cancel ``prepared`` as the RFC does: the device layer first, walking
+        its preserve list backwards, bus then driver per device
+        (``__dev_liveupdate_cancel()``); then the subsystems in registration
+        order (``__luo_do_subsystems_cancel_calls()``), as the notifier chain
+        calls them after the device layer."""
+        keys = list(prepared)
+        for kind, name in reversed([k for k in keys if k[0] == DEVICE]):
+            runner.call_quietly(label((kind, name)), self._steps.cancel, self.devices[name])
+        for kind, name in [k for k in keys if k[0] != DEVICE]:
+            sub = self._subsystems[name]
+            runner.call_quietly(label((kind, name)), self._sub_steps.cancel, sub)
         self._preserved.clear()
         self._prepared.clear()
         self._published.clear()

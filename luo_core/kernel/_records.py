@@ -76,9 +76,10 @@ class SubsystemOps:
       change it return a new value (``attrs.evolve(data, ...)``) rather than
       changing a list or dict inside it; ``None`` hands over the default value,
       not ``data``.
-    * ``cancel(data)`` undoes prepare and freeze, in reverse order of
-      preparation; ``data`` is the last value handed over.  It must not fail:
-      an exception is logged (``callback_must_not_fail``) and the cancel goes on.
+    * ``cancel(data)`` undoes prepare and freeze; subsystems are cancelled in
+      registration order, after the devices, as in the RFC.  ``data`` is the
+      last value handed over.  It must not fail: an exception is logged
+      (``callback_must_not_fail``) and the cancel goes on.
     * ``boot(data)`` runs in the next kernel when the old one handed over a
       record for this subsystem: ``data`` is that record decoded with this
       kernel's schema (older versions migrated), a new object.
