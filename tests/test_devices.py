@@ -379,6 +379,41 @@ def test_finish_warns_about_preserved_devices_never_reclaimed(journal: list[str]
     assert not nic.preserved
 
 
+def test_finish_runs_deepest_first_for_every_preserved_device(journal: list[str]) -> None:
+    """``finish`` reaches every preserved device, reclaimed or not, sorted by
+    depth, deepest first (stable: enumeration order at one depth), warning
+    about those never reclaimed; driver then bus, the driver only if one is
+    bound ([rfc1] ``drivers/base/dev_liveupdate.c`` ``device_liveupdate_finish()``,
+    ``DEV_LIVEUPDATE_CALLBACK()``).  A device whose restore failed, and the
+    child skipped with it, have no driver left: only their bus finishes."""
+    m = Machine()
+    for name, parent in [("root", None), ("a", "root"), ("b", "root"), ("a1", "a")]:
+        m.add(name, bus="fabric", compatible=EXAMPLE_NIC, parent=parent)
+    pack = JournalPack(journal, subsystems=("alpha",), buses=("fabric",))
+    kernel = Kernel.boot(m, plugins=[pack], discover=False)
+    kernel.devices.request("a1")
+    kernel.devices.request("b")
+    kernel.prepare()
+    pack.fail.add("restore:a")
+    new = kernel.kexec()
+    assert [d.name for d in new.devices.devices() if d.reclaimed] == ["root", "b"]
+    journal.clear()
+    with capture_logs() as logs:
+        new.finish()
+    assert journal == [
+        "bus-finish:a1",
+        "bus-finish:a",
+        "finish:b",
+        "bus-finish:b",
+        "finish:root",
+        "bus-finish:root",
+        "finish:alpha",
+    ]
+    warned = [e["device"] for e in logs if e["event"] == "device_not_reclaimed"]
+    assert warned == ["a1", "a"]
+    assert not any(d.preserved or d.reclaimed for d in new.devices.devices())
+
+
 def test_restore_failure_skips_the_subtree_and_is_not_reclaimed(journal: list[str]) -> None:
     pack = JournalPack(journal)
     kernel = Kernel.boot(tree_host(), plugins=[pack], discover=False)

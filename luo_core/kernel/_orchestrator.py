@@ -2,9 +2,11 @@
 
 A phase either stops at the first failure (prepare, freeze, restore of a
 subtree) or must go through everything (cancel, finish).  Devices run in
-dependency order from a graph; with ``workers > 1`` independent subtrees run
-concurrently, like the kernel's async suspend, and the results are the same
-as in serial mode: who succeeded, who failed, who never ran.
+dependency order from a graph, earliest first by the phase's order key; with
+``workers > 1`` independent subtrees run concurrently, like the kernel's
+async suspend, handed to the workers in the same order, and a phase that
+succeeds ends as in serial mode.  After a failure, work already handed to
+the workers still finishes, where serial mode would not have started it.
 """
 
 from __future__ import annotations

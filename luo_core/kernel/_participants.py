@@ -120,6 +120,10 @@ class DeviceSteps:
         dev.driver.ops.restore(dev, value)
 
     def finish(self, dev: Device) -> None:
-        assert dev.driver is not None
-        dev.driver.ops.finish(dev, self.preserved.values.get(device_key(dev)))
-        self.buses[dev.bus].ops.finish(dev)
+        """Driver ``finish`` (if a driver is bound), then bus ``finish`` (if the
+        bus is registered), as ``device_liveupdate_finish()``."""
+        if dev.driver is not None:
+            dev.driver.ops.finish(dev, self.preserved.values.get(device_key(dev)))
+        bus = self.buses.get(dev.bus)
+        if bus is not None:
+            bus.ops.finish(dev)

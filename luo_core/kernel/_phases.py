@@ -25,7 +25,7 @@ from luo_core.kernel._participants import DEVICE, Key, device_key, label, subsys
 from luo_core.kernel._preflight import Manifest, build_manifest, plan_versions
 from luo_core.kernel._records import DeviceDriver, Subsystem
 from luo_core.kernel._state import Event, State
-from luo_core.kernel.devices import Device, freeze_graph, restore_graph
+from luo_core.kernel.devices import Device, depth, freeze_graph
 
 LOAD: Key = ("kexec", "load")
 """How the loading of the next kernel is named when it fails prepare."""
@@ -95,21 +95,29 @@ class Phases(KernelBase):
             self._commit(Event.CANCEL, target)
 
     def finish(self, timeout: float | None = None) -> None:
-        """updated -> normal: participants clean up; devices handed over but
-        never reclaimed are reported (``device_not_reclaimed`` warnings)."""
+        """updated -> normal: participants clean up.
+
+        Every device handed over gets ``finish``, reclaimed or not, deepest
+        first (devices at one depth in enumeration order), driver then bus;
+        one never reclaimed is reported first (``device_not_reclaimed``).  A
+        device whose restore failed was left without a driver, so only its
+        bus's ``finish`` runs.  Then every subsystem, in registration order.
+        """
         self._alive()
         with self._sm.transition(Event.FINISH, timeout) as target:
             runner = self._start("finish")
             handed = [d for d in self.devices.devices() if d.preserved]
-            for dev in handed:
+            # device_liveupdate_finish(): the preserved devices in enumeration
+            # order, stably sorted by depth, deepest first.
+            position = {d: i for i, d in enumerate(sorted(handed, key=lambda d: -depth(d)))}
+
+            def finish_device(dev: Device) -> None:
                 if not dev.reclaimed:
                     log.warning("device_not_reclaimed", device=dev.name, driver=_driver(dev))
-            reclaimed = [d for d in handed if d.reclaimed]
+                runner.call_quietly(label(device_key(dev)), self._steps.finish, dev)
+
             runner.run_graph(
-                restore_graph(reclaimed),
-                lambda d: runner.call_quietly(label(device_key(d)), self._steps.finish, d),
-                _index,
-                stop_on_error=False,
+                freeze_graph(handed), finish_device, position.__getitem__, stop_on_error=False
             )
             for sub in self._subsystems.values():
                 runner.call_quietly(label(subsystem_key(sub)), self._sub_steps.finish, sub)
@@ -243,7 +251,3 @@ class Phases(KernelBase):
 
 def _driver(dev: Device) -> str:
     return dev.driver.name if dev.driver is not None else ""
-
-
-def _index(dev: Device) -> int:
-    return dev.index

@@ -141,8 +141,10 @@ class DeviceDriverOps:
       migrated).  Light, on the blackout path.  A restore that raises leaves
       the device unbound (``restore_failed``).
     * ``finish(dev, data)``: heavy cleanup after the update, for each device
-      restore reclaimed, with the value restore got; the bus's finish runs
-      after it.  Must not fail.
+      restore reclaimed, with the value restore got, children before parents;
+      the bus's finish runs after it.  A device handed over but not reclaimed
+      has no driver bound (restore failed, or this kernel has none), so only
+      its bus's finish runs.  Must not fail.
     """
 
     def probe(self, dev: Device) -> None:
