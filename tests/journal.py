@@ -23,6 +23,8 @@ import attrs
 import pytest
 
 from luo_core import (
+    Bus,
+    BusOps,
     Device,
     DeviceDriver,
     DeviceDriverOps,
@@ -142,6 +144,33 @@ class JournalDriver(DeviceDriverOps):
         self._note("finish", dev)
 
 
+class JournalBus(BusOps):
+    """A bus that journals ``bus-phase:device``; ``fail`` holds such strings that raise."""
+
+    def __init__(self, journal: Journal, fail: set[str]) -> None:
+        self.journal, self.fail = journal, fail
+
+    def _note(self, phase: str, dev: Device) -> None:
+        self.journal.append(f"bus-{phase}:{dev.name}")
+        if f"bus-{phase}:{dev.name}" in self.fail:
+            raise Boom(f"{dev.name}'s bus told to fail {phase}")
+
+    def prepare(self, dev: Device) -> None:
+        self._note("prepare", dev)
+
+    def freeze(self, dev: Device) -> None:
+        self._note("freeze", dev)
+
+    def cancel(self, dev: Device) -> None:
+        self._note("cancel", dev)
+
+    def restore(self, dev: Device) -> None:
+        self._note("restore", dev)
+
+    def finish(self, dev: Device) -> None:
+        self._note("finish", dev)
+
+
 class JournalPlugin:
     """What one kernel loads: fresh ops for every registration."""
 
@@ -155,6 +184,11 @@ class JournalPlugin:
             ops = JournalSubsystem(name, f.journal, f.fail, f"{name}-state".encode())
             f.live[name] = ops
             yield Subsystem(name=name, ops=ops, schema=JournalRecord)
+
+    @hookimpl
+    def luo_buses(self) -> Iterator[Bus]:
+        for name in self.factory.bus_names:
+            yield Bus(name=name, ops=JournalBus(self.factory.journal, self.factory.fail))
 
     @hookimpl
     def luo_device_drivers(self) -> Iterator[DeviceDriver]:
@@ -174,10 +208,12 @@ class JournalPack:
         journal: Journal,
         subsystems: tuple[str, ...] = ("alpha", "beta"),
         compatible: str = EXAMPLE_NIC,
+        buses: tuple[str, ...] = (),
     ) -> None:
         self.journal = journal
         self.compatible = compatible
         self.subsystem_names = subsystems
+        self.bus_names = buses
         self.fail: set[str] = set()
         self.live: dict[str, JournalSubsystem] = {}
 

@@ -35,7 +35,7 @@ def test_demo_tells_the_story(capsys: pytest.CaptureFixture[str]) -> None:
     for nic in NICS:
         line = next(line for line in out.splitlines() if nic in line)
         assert re.search(rf"preserved, reclaimed; mac {MAC}; rx \+\d+ frames across kexec", line)
-    assert "0000:00:1f.0" in out and "has no driver" in out
+    assert "0000:00:1f.0" in out and "(no live-update callbacks)" in out
     assert "blackout:" in out
 
 

@@ -19,7 +19,6 @@ from luo_core import (
     hookimpl,
 )
 from luo_core.errors import (
-    BusyError,
     DependencyCycleError,
     DeviceError,
     InvalidTransitionError,
@@ -30,6 +29,7 @@ from luo_core.platform import (
     BUS_MASTER,
     EXAMPLE_NIC,
     HOST_BRIDGE,
+    ISA_BRIDGE,
     PCI_BRIDGE,
     Hardware,
     default_host,
@@ -60,23 +60,36 @@ def boot(machine: Machine | Hardware, journal: list[str], workers: int = 1) -> K
     return Kernel.boot(machine, plugins=[JournalPack(journal)], discover=False, workers=workers)
 
 
-def test_requesting_a_device_requests_its_ancestors(journal: list[str]) -> None:
+def test_requested_is_the_devices_own_flag_and_its_ancestors_take_part(
+    journal: list[str],
+) -> None:
+    """Writing ``requested`` sets that device's flag only
+    (``dev_liveupdate_set_requested(dev, true)``); its ancestors join the
+    update when ``prepare`` lists them ([rfc1] ``drivers/base/dev_liveupdate.c``
+    ``requested_store()``, ``dev_liveupdate_build_preserve_list()``,
+    ``__find_ancestors_and_depth()``)."""
     kernel = boot(tree_host(), journal)
     kernel.devices.request("0000:02:00.1")
-    assert [d.name for d in kernel.devices.requested()] == [
-        "pci0000:00",
-        "0000:00:01.0",
-        "0000:01:00.0",
+    assert [d.name for d in kernel.devices.requested()] == ["0000:02:00.1"]
+    assert not any(kernel.devices[n].requested for n in ("pci0000:00", "0000:00:01.0"))
+    assert [d.name for d in kernel.devices.preserve_list()] == [
         "0000:02:00.1",
+        "0000:01:00.0",
+        "0000:00:01.0",
+        "pci0000:00",
     ]
-    assert not kernel.devices["0000:02:00.0"].requested
+    kernel.prepare()
+    new = kernel.kexec()
+    handed = [d.name for d in new.devices.devices() if d.preserved and d.reclaimed]
+    assert handed == ["pci0000:00", "0000:00:01.0", "0000:01:00.0", "0000:02:00.1"]
+    assert new.devices.requested() == []
 
 
 def test_requested_is_read_write_and_the_rest_read_only(journal: list[str]) -> None:
     kernel = boot(tree_host(), journal)
     nic = kernel.devices["0000:03:00.0"]
     nic.requested = True
-    assert nic.requested and nic.parent is not None and nic.parent.requested
+    assert nic.requested and nic.parent is not None and not nic.parent.requested
     nic.requested = False
     assert not nic.requested
     with pytest.raises(AttributeError):
@@ -85,16 +98,21 @@ def test_requested_is_read_write_and_the_rest_read_only(journal: list[str]) -> N
         nic.reclaimed = True  # type: ignore[misc]
 
 
-def test_release_refused_while_a_requested_child_depends(journal: list[str]) -> None:
+def test_clearing_an_ancestors_flag_is_allowed_and_it_still_takes_part(
+    journal: list[str],
+) -> None:
+    """Writing 0 clears that device's flag whatever its children do; a bridge
+    whose own flag is cleared still takes part as the ancestor of a requested
+    device ([rfc1] ``requested_store()``, ``__find_ancestors_and_depth()``)."""
     kernel = boot(tree_host(), journal)
+    kernel.devices.request("0000:00:01.0")
     kernel.devices.request("0000:02:00.0")
-    with pytest.raises(BusyError, match=r"0000:01:00\.0") as info:
-        kernel.devices.release("0000:00:01.0")
-    assert info.value.errno == errno.EBUSY
-    kernel.devices.release("0000:02:00.0")
-    kernel.devices.release("0000:01:00.0")
     kernel.devices.release("0000:00:01.0")
-    assert kernel.devices["pci0000:00"].requested
+    assert [d.name for d in kernel.devices.requested()] == ["0000:02:00.0"]
+    assert "0000:00:01.0" in [d.name for d in kernel.devices.preserve_list()]
+    kernel.prepare()
+    new = kernel.kexec()
+    assert new.devices["0000:00:01.0"].preserved and new.devices["0000:00:01.0"].reclaimed
 
 
 def test_unknown_device_is_enoent(journal: list[str]) -> None:
@@ -118,15 +136,34 @@ def test_request_outside_normal_is_einval(journal: list[str], state: State) -> N
     assert not kernel.devices["0000:03:00.0"].requested
 
 
-def test_device_without_driver_blocks_its_subtree(journal: list[str]) -> None:
-    m = tree_host()
-    m.add_pci("0000:00:03.0", compatible="pci1234,bridge-without-driver", parent="pci0000:00")
-    m.add_pci("0000:04:00.0", compatible=EXAMPLE_NIC, parent="0000:00:03.0")
-    kernel = boot(m, journal)
-    with pytest.raises(DeviceError, match=r"0000:00:03\.0.*has no driver") as info:
-        kernel.devices.request("0000:04:00.0")
-    assert info.value.errno == errno.EINVAL
-    assert kernel.devices.requested() == []
+def test_a_device_without_a_driver_does_not_block_a_request(journal: list[str]) -> None:
+    """Only a *bound* driver must have live-update callbacks: a bridge no
+    driver bound does not block the device behind it, nor its own request.
+    It takes part with its bus's callbacks (``DEV_LIVEUPDATE_CALLBACK()``
+    skips a missing driver), hands nothing over, and is not reset at kexec
+    ([rfc1] ``is_liveupdate_possible()``, ``__dev_liveupdate_reboot_prepare()``;
+    ``device_shutdown()`` skips preserved devices)."""
+    m = Machine()
+    m.add("root", bus="fabric", compatible=HOST_BRIDGE)
+    m.add("bridge", bus="fabric", compatible="acme,bridge-without-driver", parent="root")
+    m.add("nic", bus="fabric", compatible=EXAMPLE_NIC, parent="bridge")
+    m.add("lonely", bus="fabric", compatible="acme,bridge-without-driver", parent="root")
+    hw = Hardware(m)
+    kernel = Kernel.boot(hw, plugins=[JournalPack(journal, buses=("fabric",))], discover=False)
+    assert kernel.devices["bridge"].driver is None
+    kernel.devices.request("nic")
+    kernel.devices.request("lonely")
+    assert kernel.devices.blocker(kernel.devices["bridge"]) is None
+    for name in m.devices:
+        hw.registers(name).write(MARKER, 5)
+    kernel.prepare()
+    new = kernel.kexec()
+    assert "bus-freeze:bridge" in journal and "bus-freeze:lonely" in journal
+    assert not any(e.endswith(":bridge") and not e.startswith("bus-") for e in journal)
+    assert {n for n in m.devices if hw.registers(n).read(MARKER) == 5} == set(m.devices)
+    assert new.devices["nic"].preserved and new.devices["nic"].reclaimed
+    assert not new.devices["bridge"].preserved  # it handed nothing over
+    assert new.handed_over("device", "bridge") is None
 
 
 def test_shared_iommu_group_is_refused(journal: list[str]) -> None:
@@ -160,10 +197,14 @@ def test_driver_and_bus_without_liveupdate_are_refused(journal: list[str]) -> No
     m.add("legacy0", compatible="legacy", parent="root")
     m.add("usb0", bus="usb", compatible="usb-nic", parent="root")
     kernel = Kernel.boot(m, plugins=[Legacy], discover=False)
-    with pytest.raises(DeviceError, match="driver 'legacy' has no live-update callbacks"):
+    with pytest.raises(DeviceError, match=r"driver 'legacy' \(no live-update callbacks\)"):
         kernel.devices.request("legacy0")
-    with pytest.raises(DeviceError, match="bus 'usb' has no live-update callbacks"):
+    with pytest.raises(DeviceError, match=r"bus 'usb' \(no live-update callbacks\)"):
         kernel.devices.request("usb0")
+    m.add("behind", compatible="usb-nic", parent="legacy0")
+    kernel = Kernel.boot(m, plugins=[Legacy], discover=False)
+    with pytest.raises(DeviceError, match="it depends on legacy0, which is bound to driver"):
+        kernel.devices.request("behind")  # a bound driver without callbacks blocks its subtree
 
 
 def test_can_preserve_is_asked(journal: list[str]) -> None:
@@ -216,15 +257,61 @@ def test_freeze_children_first_restore_parents_first_links_honoured(workers: int
             assert order.index(dev.name) < order.index(child.name)
 
 
-def test_requesting_a_consumer_requests_its_suppliers(journal: list[str]) -> None:
+def sibling_host() -> Machine:
+    """``a`` is enumerated before ``b``, but its child ``a1`` after ``b``."""
+    m = Machine()
+    for name, parent in [("root", None), ("a", "root"), ("b", "root"), ("a1", "a")]:
+        m.add(name, bus="fabric", compatible=EXAMPLE_NIC, parent=parent)
+    m.add("c", bus="fabric", compatible=EXAMPLE_NIC, parent="root")
+    m.add("d", bus="fabric", compatible=EXAMPLE_NIC, parent="root")
+    return m
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_devices_run_in_the_kernels_preserve_list_order(workers: int) -> None:
+    """The RFC lists the requested devices in enumeration order, each followed
+    by its ancestors not yet listed, then sorts the list by depth with the
+    stable ``list_sort()``: deepest first, devices at one depth in the order
+    they were listed.  ``a`` is listed after ``b`` (as ``a1``'s ancestor), so
+    it runs after ``b`` though enumerated before it; siblings ``c`` and ``d``
+    keep enumeration order ([rfc1] ``drivers/base/dev_liveupdate.c``
+    ``dev_liveupdate_build_preserve_list()``, ``__find_ancestors_and_depth()``,
+    ``dev_depth_cmp()``, ``__dev_liveupdate_reboot_prepare()``,
+    ``__dev_liveupdate_cancel()``)."""
+    journal: list[str] = []
+    pack = JournalPack(journal, subsystems=(), buses=("fabric",))
+    kernel = Kernel.boot(sibling_host(), plugins=[pack], discover=False, workers=workers)
+    for name in ("d", "c", "b", "a1"):
+        kernel.devices.request(name)
+    expected = ["a1", "b", "a", "c", "d", "root"]
+    assert [d.name for d in kernel.devices.preserve_list()] == expected
+    kernel.prepare()
+    kernel.freeze()
+    for phase in ("prepare", "freeze"):
+        ran = [e.split(":", 1)[1] for e in journal if e.startswith(phase + ":")]
+        if workers == 1:
+            assert ran == expected
+        else:  # concurrent: the same devices, each after its children
+            assert sorted(ran) == sorted(expected)
+            assert ran.index("a1") < ran.index("a") and ran[-1] == "root"
+    journal.clear()
+    kernel.cancel()  # the list backwards, bus then driver, in both modes
+    assert journal == [
+        f"{step}:{d}" for d in reversed(expected) for step in ("bus-cancel", "cancel")
+    ]
+
+
+def test_a_requested_consumers_suppliers_take_part(journal: list[str]) -> None:
     m = tree_host()
     m.link(supplier="0000:03:00.0", consumer="0000:02:00.0")
     kernel = boot(m, journal)
     kernel.devices.request("0000:02:00.0")
-    assert kernel.devices["0000:03:00.0"].requested
-    assert kernel.devices["0000:00:02.0"].requested
-    with pytest.raises(BusyError, match=r"0000:02:00\.0"):
-        kernel.devices.release("0000:03:00.0")
+    assert not kernel.devices["0000:03:00.0"].requested
+    listed = [d.name for d in kernel.devices.preserve_list()]
+    assert "0000:03:00.0" in listed and "0000:00:02.0" in listed
+    kernel.prepare()
+    new = kernel.kexec()
+    assert new.devices["0000:03:00.0"].preserved and new.devices["0000:00:02.0"].preserved
 
 
 def test_link_cycle_is_refused_naming_the_cycle(journal: list[str]) -> None:
@@ -292,6 +379,41 @@ def test_finish_warns_about_preserved_devices_never_reclaimed(journal: list[str]
     assert not nic.preserved
 
 
+def test_finish_runs_deepest_first_for_every_preserved_device(journal: list[str]) -> None:
+    """``finish`` reaches every preserved device, reclaimed or not, sorted by
+    depth, deepest first (stable: enumeration order at one depth), warning
+    about those never reclaimed; driver then bus, the driver only if one is
+    bound ([rfc1] ``drivers/base/dev_liveupdate.c`` ``device_liveupdate_finish()``,
+    ``DEV_LIVEUPDATE_CALLBACK()``).  A device whose restore failed, and the
+    child skipped with it, have no driver left: only their bus finishes."""
+    m = Machine()
+    for name, parent in [("root", None), ("a", "root"), ("b", "root"), ("a1", "a")]:
+        m.add(name, bus="fabric", compatible=EXAMPLE_NIC, parent=parent)
+    pack = JournalPack(journal, subsystems=("alpha",), buses=("fabric",))
+    kernel = Kernel.boot(m, plugins=[pack], discover=False)
+    kernel.devices.request("a1")
+    kernel.devices.request("b")
+    kernel.prepare()
+    pack.fail.add("restore:a")
+    new = kernel.kexec()
+    assert [d.name for d in new.devices.devices() if d.reclaimed] == ["root", "b"]
+    journal.clear()
+    with capture_logs() as logs:
+        new.finish()
+    assert journal == [
+        "bus-finish:a1",
+        "bus-finish:a",
+        "finish:b",
+        "bus-finish:b",
+        "finish:root",
+        "bus-finish:root",
+        "finish:alpha",
+    ]
+    warned = [e["device"] for e in logs if e["event"] == "device_not_reclaimed"]
+    assert warned == ["a1", "a"]
+    assert not any(d.preserved or d.reclaimed for d in new.devices.devices())
+
+
 def test_restore_failure_skips_the_subtree_and_is_not_reclaimed(journal: list[str]) -> None:
     pack = JournalPack(journal)
     kernel = Kernel.boot(tree_host(), plugins=[pack], discover=False)
@@ -349,14 +471,14 @@ def test_iommu_group_zero_is_a_group_like_any_other(journal: list[str]) -> None:
         kernel.devices.request("0000:02:00.4")
 
 
-def test_linking_a_requested_consumer_requests_the_supplier(journal: list[str]) -> None:
+def test_linking_a_requested_consumer_brings_the_supplier_in(journal: list[str]) -> None:
     m = tree_host()
-    m.add_pci("0000:00:1f.0", compatible="pci8086,7000", parent="pci0000:00")
+    m.add_pci("0000:00:1f.0", compatible=ISA_BRIDGE, parent="pci0000:00")
     kernel = boot(m, journal)
     kernel.devices.request("0000:02:00.0")
     kernel.devices.link("0000:03:00.0", "0000:02:00.0")
-    assert kernel.devices["0000:03:00.0"].requested
-    assert kernel.devices["0000:00:02.0"].requested
-    with pytest.raises(DeviceError, match=r"depends on 0000:00:1f\.0, which has no driver"):
+    assert not kernel.devices["0000:03:00.0"].requested
+    assert "0000:00:02.0" in [d.name for d in kernel.devices.preserve_list()]
+    with pytest.raises(DeviceError, match=r"depends on 0000:00:1f\.0, which is bound to driver"):
         kernel.devices.link("0000:00:1f.0", "0000:02:00.0")
     assert kernel.devices["0000:02:00.0"].suppliers == [kernel.devices["0000:03:00.0"]]

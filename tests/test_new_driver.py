@@ -59,7 +59,9 @@ def test_the_scaffold_passes_the_contract_checks(
 
 def test_its_own_tests_pass(tmp_path: Path) -> None:
     scaffold("acme-nvme", tmp_path / "pack")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path / "pack")}
+    # The luo_core under test stays importable: it may not be the installed one.
+    path = [str(tmp_path / "pack"), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
         cwd=tmp_path / "pack",

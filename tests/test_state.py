@@ -9,11 +9,13 @@ from __future__ import annotations
 import errno
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
 from luo_core import (
+    Device,
     DeviceDriver,
     DeviceDriverOps,
     Kernel,
@@ -33,6 +35,7 @@ from luo_core.errors import (
     TryAgainError,
 )
 from luo_core.kernel._state import TRANSITIONS, Event, StateMachine
+from luo_core.platform import EXAMPLE_NIC
 from tests.journal import Empty, JournalPack, JournalRecord
 
 
@@ -225,28 +228,127 @@ class Gate(SubsystemOps):
         return Empty()
 
 
-def test_concurrent_callers_get_ebusy_or_eagain(machine: Machine) -> None:
-    kernel = Kernel.boot(machine, discover=False)
-    gate = Gate()
-    kernel.register_subsystem(Subsystem(name="gate", ops=gate, schema=Empty))
-    first = threading.Thread(target=kernel.prepare)
-    first.start()
-    try:
-        assert gate.entered.wait(timeout=30)
-        with pytest.raises(BusyError) as busy:
-            kernel.cancel()
-        assert busy.value.errno == errno.EBUSY
-        with pytest.raises(BusyError):
-            kernel.register_subsystem(sub("racer"))
+class Contended:
+    """The state machine's lock, telling the test when a second caller starts to wait."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.lock = lock
+        self.waiting = threading.Event()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if self.lock.locked():
+            self.waiting.set()
+        return self.lock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self.lock.release()
+
+
+class Gated:
+    """A kernel whose ``prepare`` is held in a subsystem's callback until ``open()``."""
+
+    def __init__(self, machine: Machine) -> None:
+        self.events: list[tuple[str, str, str]] = []
+        events = self.events
+
+        class Watcher:
+            @hookimpl
+            def luo_state_changed(self, old: State, new: State, event: Event) -> None:
+                events.append((event.value, old.value, new.value))
+
+        self.kernel = Kernel.boot(machine, plugins=[JournalPack([]), Watcher], discover=False)
+        self.gate = Gate()
+        self.kernel.register_subsystem(Subsystem(name="gate", ops=self.gate, schema=Empty))
+        self.kernel.devices.request("0000:01:00.0")
+        self.lock = Contended(self.kernel._sm._lock)
+        self.kernel._sm._lock = self.lock  # type: ignore[assignment]
+        self.first = threading.Thread(target=self.kernel.prepare)
+
+    def __enter__(self) -> Gated:
+        self.first.start()
+        assert self.gate.entered.wait(timeout=30)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.open()
+
+    def open(self) -> None:
+        self.gate.release.set()
+        self.first.join(timeout=30)
+
+
+def in_thread(call: Callable[[], object]) -> tuple[threading.Thread, list[object]]:
+    """Start ``call`` on a thread; the list gets what it returned or raised."""
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except Exception as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
+def test_a_second_event_waits_for_the_running_one(machine: Machine) -> None:
+    """A second event waits for the running one, then runs from the state it
+    left: each event takes ``luo_state_rwsem`` with ``down_write_killable()``
+    ([rfc2] ``luo_core.c`` ``__luo_prepare()``, ``__luo_cancel()``; [rfc1]
+    ``kernel/liveupdate.c`` ``luo_prepare()``)."""
+    with Gated(machine) as gated:
+        second, outcome = in_thread(gated.kernel.cancel)
+        assert gated.lock.waiting.wait(timeout=30)
+        assert outcome == []  # still waiting: the prepare has not returned
+        gated.open()
+        second.join(timeout=30)
+    assert outcome == [None]
+    assert gated.events == [("prepare", "normal", "prepared"), ("cancel", "prepared", "normal")]
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(lambda k: k.register_subsystem(sub("racer")), id="register"),
+        pytest.param(lambda k: k.unregister_subsystem("alpha"), id="unregister"),
+        pytest.param(lambda k: k.devices.request("0000:02:00.0"), id="request"),
+        pytest.param(lambda k: k.devices.release("0000:01:00.0"), id="release"),
+    ],
+)
+def test_registration_and_requests_wait_then_see_the_new_state(
+    machine: Machine, call: Callable[[Kernel], object]
+) -> None:
+    """Registration and ``requested`` writes wait for a running event (they
+    take ``luo_state_rwsem`` for reading), then are judged by the state it
+    left: ``EBUSY`` for registration outside normal/updated, ``EINVAL`` for a
+    request outside normal ([v3] ``luo_subsystems.c``
+    ``liveupdate_register_subsystem()``; [rfc1] ``drivers/base/dev_liveupdate.c``
+    ``requested_store()``)."""
+    with Gated(machine) as gated:
+        waiter, outcome = in_thread(lambda: call(gated.kernel))
+        assert gated.lock.waiting.wait(timeout=30)
+        assert outcome == []
+        gated.open()
+        waiter.join(timeout=30)
+    assert gated.kernel.state is State.PREPARED
+    [error] = outcome
+    assert isinstance(error, (BusyError, InvalidTransitionError)), error
+    assert "not allowed in state prepared" in str(error)
+
+
+def test_a_timeout_gives_eagain_and_changes_nothing(machine: Machine) -> None:
+    """A caller that gives up waiting gets ``EAGAIN``, as a wait interrupted
+    in ``down_write_killable()`` does ([rfc2] ``luo_core.c`` ``__luo_cancel()``)."""
+    with Gated(machine) as gated:
         with pytest.raises(TryAgainError) as again:
-            kernel.cancel(timeout=0.01)
+            gated.kernel.cancel(timeout=0.01)
         assert again.value.errno == errno.EAGAIN
-    finally:
-        gate.release.set()
-        first.join()
-    assert kernel.state.value == "prepared"
-    kernel.cancel(timeout=5)
-    assert kernel.state.value == "normal"
+        with pytest.raises(TryAgainError):
+            gated.kernel.register_subsystem(sub("racer"), timeout=0.01)
+    assert gated.kernel.state is State.PREPARED and "racer" not in gated.kernel.subsystems
+    gated.kernel.cancel(timeout=5)
+    assert gated.kernel.state.value == "normal"
 
 
 def test_waiting_caller_runs_after_the_first_transition() -> None:
@@ -274,9 +376,71 @@ def test_waiting_caller_runs_after_the_first_transition() -> None:
 
 
 def _cancel_waiting(machine: StateMachine, order: list[str]) -> None:
-    with machine.transition(Event.CANCEL, timeout=30) as target:
+    with machine.transition(Event.CANCEL) as target:
         machine.force(target)
         order.append("cancel")
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        pytest.param({}, id="serial"),
+        pytest.param({"workers": 3}, id="workers"),
+        pytest.param({"callback_timeout": 10.0}, id="callback-thread"),
+    ],
+)
+def test_a_callback_calling_back_into_the_kernel_fails_at_once(
+    machine: Machine, config: dict[str, Any]
+) -> None:
+    """A callback that starts another event would wait for the event running
+    it, forever (the kernel deadlocks on its own rwsem): in luo it gets
+    ``EBUSY`` at once, whichever thread runs it, and can go on."""
+    seen: list[BusyError] = []
+
+    class Reentrant(DeviceDriverOps):
+        def prepare(self, dev: Device) -> Empty:
+            calls: list[Callable[[], object]] = [
+                kernel.cancel,
+                lambda: kernel.devices.release(dev.name),
+            ]
+            for call in calls:
+                try:
+                    call()
+                except BusyError as exc:
+                    seen.append(exc)
+            return Empty()
+
+    class Pack:
+        @hookimpl
+        def luo_device_drivers(self) -> Iterator[DeviceDriver]:
+            yield DeviceDriver(name="nic", compatible=[EXAMPLE_NIC], ops=Reentrant(), schema=Empty)
+
+    kernel = Kernel.boot(machine, plugins=[Pack], discover=False, **config)
+    kernel.devices.request("0000:01:00.0")
+    kernel.devices.request("0000:02:00.0")
+    kernel.prepare()
+    assert kernel.state is State.PREPARED
+    assert len(seen) == 4 and all(e.errno == errno.EBUSY for e in seen)
+    assert "called from inside prepare" in str(seen[0])
+
+
+def test_a_driver_check_calling_back_into_the_kernel_fails_at_once(machine: Machine) -> None:
+    """The same holds for a call made under a request (``can_preserve``)."""
+
+    class Nosy(DeviceDriverOps):
+        def can_preserve(self, dev: Device) -> bool:
+            with pytest.raises(BusyError, match="called from inside request"):
+                kernel.devices.request("0000:02:00.0")
+            return True
+
+    class Pack:
+        @hookimpl
+        def luo_device_drivers(self) -> Iterator[DeviceDriver]:
+            yield DeviceDriver(name="nic", compatible=[EXAMPLE_NIC], ops=Nosy(), schema=Empty)
+
+    kernel = Kernel.boot(machine, plugins=[Pack], discover=False)
+    kernel.devices.request("0000:01:00.0")
+    assert kernel.devices["0000:01:00.0"].requested
 
 
 def test_a_failing_observer_does_not_silence_the_others(machine: Machine) -> None:

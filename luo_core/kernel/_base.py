@@ -88,7 +88,7 @@ class KernelBase:
 
     def _start(self, phase: str) -> PhaseRunner:
         runner = PhaseRunner(
-            phase, self.config.workers, self.config.callback_timeout, self._abandoned
+            phase, self.config.workers, self.config.callback_timeout, self._abandoned, self._sm
         )
         self._observe("luo_phase_started", phase=phase)
         return runner

@@ -2,9 +2,11 @@
 
 A phase either stops at the first failure (prepare, freeze, restore of a
 subtree) or must go through everything (cancel, finish).  Devices run in
-dependency order from a graph; with ``workers > 1`` independent subtrees run
-concurrently, like the kernel's async suspend, and the results are the same
-as in serial mode: who succeeded, who failed, who never ran.
+dependency order from a graph, earliest first by the phase's order key; with
+``workers > 1`` independent subtrees run concurrently, like the kernel's
+async suspend, handed to the workers in the same order, and a phase that
+succeeds ends as in serial mode.  After a failure, work already handed to
+the workers still finishes, where serial mode would not have started it.
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ import queue
 import threading
 from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
 
 from luo_core._logging import get_logger
 from luo_core.abi._stats import CallbackStat, PhaseStats, now_ns
 from luo_core.errors import CallbackTimeoutError
+
+if TYPE_CHECKING:
+    from luo_core.kernel._state import StateMachine
 
 log = get_logger("luo")
 K = TypeVar("K", bound=Hashable)
@@ -46,12 +51,16 @@ class PhaseRunner:
         workers: int = 1,
         timeout: float | None = None,
         abandoned: list[threading.Thread] | None = None,
+        machine: StateMachine | None = None,
     ) -> None:
         self.phase = phase
         self.workers = max(1, workers)
         self.timeout = timeout
         self.abandoned = [] if abandoned is None else abandoned
         """Where the threads of callbacks given up on (timed out) are kept."""
+        self.machine = machine
+        """The state machine whose transition runs this phase: a callback that
+        calls back into it, from whatever thread, fails instead of waiting forever."""
         self.stats = PhaseStats(phase=phase, start_ns=now_ns())
         # Bind once per phase: an unbound structlog proxy re-binds on every call.
         self.log = log.bind(phase=phase)
@@ -61,9 +70,11 @@ class PhaseRunner:
         start = now_ns()
         try:
             if self.timeout is None:
-                result = fn(*args)
+                result = self._serve(fn, *args)
             else:
-                result = _bounded(self.timeout, participant, self.phase, self.abandoned, fn, *args)
+                result = _bounded(
+                    self.timeout, participant, self.phase, self.abandoned, self._serve, fn, *args
+                )
         except Exception as exc:
             duration = now_ns() - start
             self.stats.add(
@@ -90,6 +101,13 @@ class PhaseRunner:
             outcome="ok",
         )
         return result
+
+    def _serve(self, fn: Callable[..., T], *args: object) -> T:
+        """``fn(*args)`` on the calling thread, marked as serving ``machine``."""
+        if self.machine is None:
+            return fn(*args)
+        with self.machine.serving():
+            return fn(*args)
 
     def call_quietly(self, participant: str, fn: Callable[..., object], *args: object) -> bool:
         """For callbacks that must not fail (cancel, finish): log and go on."""

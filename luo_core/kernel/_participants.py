@@ -8,6 +8,7 @@ which seals them as they are kept and opens them in the next kernel.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from luo_core.errors import DeviceError
@@ -60,28 +61,53 @@ class SubsystemSteps:
 
 class DeviceSteps:
     """The per-device callbacks of each phase: driver first or bus first, as
-    the phase requires."""
+    the phase requires.
+
+    ``prepare`` and ``freeze`` run the driver's callback, then the bus's, as
+    the RFC's ``__dev_liveupdate_reboot_prepare()``; a device whose bus
+    callback failed after its driver's succeeded is kept in ``bus_failed``,
+    so that its driver's work can be undone (``err_cancel_bus``).  A device
+    without a driver (an ancestor nobody bound, say) still takes part: its
+    bus's callbacks run and it hands nothing over, as
+    ``DEV_LIVEUPDATE_CALLBACK()`` skips a missing driver.
+    """
 
     def __init__(self, buses: dict[str, Bus], preserved: Preserved) -> None:
         self.buses = buses
         self.preserved = preserved
+        self.bus_failed: set[str] = set()
+        """Devices whose bus failed the running prepare or freeze after their driver succeeded."""
 
     def prepare(self, dev: Device) -> None:
-        assert dev.driver is not None
-        value = dev.driver.ops.prepare(dev)
-        self.preserved.keep(device_key(dev), dev.driver.name, dev.driver.schema, value)
+        if dev.driver is not None:
+            value = dev.driver.ops.prepare(dev)
+            self.preserved.keep(device_key(dev), dev.driver.name, dev.driver.schema, value)
+        self._bus(dev, self.buses[dev.bus].ops.prepare)
 
     def freeze(self, dev: Device) -> None:
-        assert dev.driver is not None
-        key = device_key(dev)
-        value = dev.driver.ops.freeze(dev, self.preserved.values[key])
-        self.preserved.keep(key, dev.driver.name, dev.driver.schema, value)
-        self.buses[dev.bus].ops.freeze(dev)
+        if dev.driver is not None:
+            key = device_key(dev)
+            value = dev.driver.ops.freeze(dev, self.preserved.values[key])
+            self.preserved.keep(key, dev.driver.name, dev.driver.schema, value)
+        self._bus(dev, self.buses[dev.bus].ops.freeze)
+
+    def _bus(self, dev: Device, callback: Callable[[Device], None]) -> None:
+        try:
+            callback(dev)
+        except Exception:
+            if dev.driver is not None:
+                self.bus_failed.add(dev.name)
+            raise
 
     def cancel(self, dev: Device) -> None:
-        assert dev.driver is not None
+        """Bus ``cancel``, then driver ``cancel`` (``__dev_liveupdate_cancel()``)."""
         self.buses[dev.bus].ops.cancel(dev)
-        dev.driver.ops.cancel(dev, self.preserved.values[device_key(dev)])
+        self.cancel_driver(dev)
+
+    def cancel_driver(self, dev: Device) -> None:
+        """The driver's ``cancel`` alone: its bus failed (``err_cancel_bus``)."""
+        if dev.driver is not None:
+            dev.driver.ops.cancel(dev, self.preserved.values[device_key(dev)])
 
     def restore(self, dev: Device, blob: bytes) -> None:
         if dev.driver is None:
@@ -94,6 +120,10 @@ class DeviceSteps:
         dev.driver.ops.restore(dev, value)
 
     def finish(self, dev: Device) -> None:
-        assert dev.driver is not None
-        dev.driver.ops.finish(dev, self.preserved.values.get(device_key(dev)))
-        self.buses[dev.bus].ops.finish(dev)
+        """Driver ``finish`` (if a driver is bound), then bus ``finish`` (if the
+        bus is registered), as ``device_liveupdate_finish()``."""
+        if dev.driver is not None:
+            dev.driver.ops.finish(dev, self.preserved.values.get(device_key(dev)))
+        bus = self.buses.get(dev.bus)
+        if bus is not None:
+            bus.ops.finish(dev)

@@ -2,10 +2,13 @@
 
 Prepare and freeze run the devices deepest first (children and consumers
 before their parent and supplier), then the subsystems in registration order.
-If participant *k* fails, those that succeeded get ``cancel`` in reverse
-order, the failing one gets none, the state is back to ``normal`` and
-:class:`~luo_core.errors.CallbackError` is raised.  Records are sealed as
-participants return them and written into KHO at the end of each phase.
+``cancel`` runs the devices in the reverse of that order, then the
+subsystems in registration order, as the RFC does.  If participant *k* fails,
+every other prepared participant gets ``cancel`` in that order, the failing
+one gets none (but the driver of a device whose bus failed does), the state
+is back to ``normal`` and :class:`~luo_core.errors.CallbackError` is raised.
+Records are sealed as participants return them and written into KHO at the
+end of each phase.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from luo_core.kernel._participants import DEVICE, Key, device_key, label, subsys
 from luo_core.kernel._preflight import Manifest, build_manifest, plan_versions
 from luo_core.kernel._records import DeviceDriver, Subsystem
 from luo_core.kernel._state import Event, State
-from luo_core.kernel.devices import Device, freeze_graph, restore_graph
+from luo_core.kernel.devices import Device, depth, freeze_graph
 
 LOAD: Key = ("kexec", "load")
 """How the loading of the next kernel is named when it fails prepare."""
@@ -49,8 +52,8 @@ class Phases(KernelBase):
         checked: it is written at a version the target reads (through a
         rollback writer if need be), or :class:`~luo_core.errors.IncompatibleError`
         is raised before any callback runs.  If a participant fails, those
-        that succeeded get ``cancel`` in reverse order, the failing one gets
-        none, the state is back to ``normal`` and
+        that succeeded get ``cancel`` (in :meth:`cancel`'s order), the failing
+        one gets none, the state is back to ``normal`` and
         :class:`~luo_core.errors.CallbackError` is raised.
         """
         self._alive()
@@ -69,7 +72,8 @@ class Phases(KernelBase):
         """prepared -> frozen: the light, final step on the kexec path.
 
         On failure every prepared participant but the failing one gets
-        ``cancel`` (reverse order) and the state is back to ``normal``.
+        ``cancel`` (in :meth:`cancel`'s order) and the state is back to
+        ``normal``.
         """
         self._alive()
         with self._sm.transition(Event.FREEZE, timeout) as target:
@@ -80,7 +84,9 @@ class Phases(KernelBase):
             self._commit(Event.FREEZE, target)
 
     def cancel(self, timeout: float | None = None) -> None:
-        """prepared|frozen -> normal: every participant gets ``cancel``."""
+        """prepared|frozen -> normal: every participant gets ``cancel``: the
+        devices in the reverse of the order they prepared in (parents first),
+        bus then driver, then the subsystems in registration order."""
         self._alive()
         with self._sm.transition(Event.CANCEL, timeout) as target:
             runner = self._start("cancel")
@@ -89,21 +95,29 @@ class Phases(KernelBase):
             self._commit(Event.CANCEL, target)
 
     def finish(self, timeout: float | None = None) -> None:
-        """updated -> normal: participants clean up; devices handed over but
-        never reclaimed are reported (``device_not_reclaimed`` warnings)."""
+        """updated -> normal: participants clean up.
+
+        Every device handed over gets ``finish``, reclaimed or not, deepest
+        first (devices at one depth in enumeration order), driver then bus;
+        one never reclaimed is reported first (``device_not_reclaimed``).  A
+        device whose restore failed was left without a driver, so only its
+        bus's ``finish`` runs.  Then every subsystem, in registration order.
+        """
         self._alive()
         with self._sm.transition(Event.FINISH, timeout) as target:
             runner = self._start("finish")
             handed = [d for d in self.devices.devices() if d.preserved]
-            for dev in handed:
+            # device_liveupdate_finish(): the preserved devices in enumeration
+            # order, stably sorted by depth, deepest first.
+            position = {d: i for i, d in enumerate(sorted(handed, key=lambda d: -depth(d)))}
+
+            def finish_device(dev: Device) -> None:
                 if not dev.reclaimed:
                     log.warning("device_not_reclaimed", device=dev.name, driver=_driver(dev))
-            reclaimed = [d for d in handed if d.reclaimed]
+                runner.call_quietly(label(device_key(dev)), self._steps.finish, dev)
+
             runner.run_graph(
-                restore_graph(reclaimed),
-                lambda d: runner.call_quietly(label(device_key(d)), self._steps.finish, d),
-                _index,
-                stop_on_error=False,
+                freeze_graph(handed), finish_device, position.__getitem__, stop_on_error=False
             )
             for sub in self._subsystems.values():
                 runner.call_quietly(label(subsystem_key(sub)), self._sub_steps.finish, sub)
@@ -140,16 +154,23 @@ class Phases(KernelBase):
         registration order, then ``last``; on the first failure roll back and raise."""
         phase = event.value
         runner = self._start(phase)
+        self._steps.bus_failed.clear()
         devices = [self.devices[name] for kind, name in self._participants() if kind == DEVICE]
+        # The RFC walks its preserve list in order; luo runs the same list as
+        # a graph (device links, workers), taking the earliest-listed device
+        # of those ready.
+        position = {dev: i for i, dev in enumerate(devices)}
         outcome = runner.run_graph(
             freeze_graph(devices),
             lambda d: runner.call(label(device_key(d)), device_step, d),
-            lambda d: -d.index,
+            position.__getitem__,
             stop_on_error=True,
         )
         failures: list[tuple[Key, Exception]] = [(device_key(d), e) for d, e in outcome.failed]
         if event is Event.PREPARE:
-            self._prepared.extend(device_key(d) for d in outcome.succeeded)
+            self._prepared.extend(
+                device_key(d) for d in sorted(outcome.succeeded, key=position.__getitem__)
+            )
         if not failures:
             for sub in self._subsystems.values():
                 key = subsystem_key(sub)
@@ -175,14 +196,23 @@ class Phases(KernelBase):
     def _roll_back(self, event: Event, failures: list[tuple[Key, Exception]]) -> None:
         failed = {key for key, _ in failures}
         cancel = self._start("cancel")
+        # A device whose bus failed after its driver succeeded: its driver's
+        # cancel comes first, before the others' (err_cancel_bus).
+        for key, _ in failures:
+            if key[0] == DEVICE and key[1] in self._steps.bus_failed:
+                dev = self.devices[key[1]]
+                cancel.call_quietly(label(key), self._steps.cancel_driver, dev)
         self._cancel(cancel, [k for k in self._prepared if k not in failed])
         self._finish_phase(cancel, ok=True)
         self._commit(event, State.NORMAL, ok=False)
 
     def _publish(self) -> None:
-        """Write every record that changed since it was last written into KHO."""
+        """Write every record that changed since it was last written into KHO
+        (a device without a driver has none: it hands nothing over)."""
         for key in self._prepared:
-            blob = self._preserved.sealed[key]
+            blob = self._preserved.sealed.get(key)
+            if blob is None:
+                continue
             if self._published.get(key) is not blob:
                 publish(self.kho, key, self._preserved.compatibles[key], blob)
                 self._published[key] = blob
@@ -190,7 +220,7 @@ class Phases(KernelBase):
     def _records(self) -> list[tuple[Key, Subsystem | DeviceDriver]]:
         """Who would hand over a record if the update started now."""
         found: list[tuple[Key, Subsystem | DeviceDriver]] = []
-        for dev in self.devices.requested():
+        for dev in self.devices.preserve_list():
             if dev.driver is not None:
                 found.append((device_key(dev), dev.driver))
         found += [(subsystem_key(sub), sub) for sub in self._subsystems.values()]
@@ -198,16 +228,21 @@ class Phases(KernelBase):
 
     def _participants(self) -> list[Key]:
         if self.state is State.NORMAL:
-            return [device_key(d) for d in self.devices.requested()]
+            return [device_key(d) for d in self.devices.preserve_list()]
         return list(self._prepared)
 
     def _cancel(self, runner: PhaseRunner, prepared: Iterable[Key]) -> None:
-        for key in reversed(list(prepared)):
-            kind, name = key
-            if kind == DEVICE:
-                runner.call_quietly(label(key), self._steps.cancel, self.devices[name])
-            else:
-                runner.call_quietly(label(key), self._sub_steps.cancel, self._subsystems[name])
+        """Cancel ``prepared`` as the RFC does: the device layer first, walking
+        its preserve list backwards, bus then driver per device
+        (``__dev_liveupdate_cancel()``); then the subsystems in registration
+        order (``__luo_do_subsystems_cancel_calls()``), as the notifier chain
+        calls them after the device layer."""
+        keys = list(prepared)
+        for kind, name in reversed([k for k in keys if k[0] == DEVICE]):
+            runner.call_quietly(label((kind, name)), self._steps.cancel, self.devices[name])
+        for kind, name in [k for k in keys if k[0] != DEVICE]:
+            sub = self._subsystems[name]
+            runner.call_quietly(label((kind, name)), self._sub_steps.cancel, sub)
         self._preserved.clear()
         self._prepared.clear()
         self._published.clear()
@@ -216,7 +251,3 @@ class Phases(KernelBase):
 
 def _driver(dev: Device) -> str:
     return dev.driver.name if dev.driver is not None else ""
-
-
-def _index(dev: Device) -> int:
-    return dev.index

@@ -76,9 +76,10 @@ class SubsystemOps:
       change it return a new value (``attrs.evolve(data, ...)``) rather than
       changing a list or dict inside it; ``None`` hands over the default value,
       not ``data``.
-    * ``cancel(data)`` undoes prepare and freeze, in reverse order of
-      preparation; ``data`` is the last value handed over.  It must not fail:
-      an exception is logged (``callback_must_not_fail``) and the cancel goes on.
+    * ``cancel(data)`` undoes prepare and freeze; subsystems are cancelled in
+      registration order, after the devices, as in the RFC.  ``data`` is the
+      last value handed over.  It must not fail: an exception is logged
+      (``callback_must_not_fail``) and the cancel goes on.
     * ``boot(data)`` runs in the next kernel when the old one handed over a
       record for this subsystem: ``data`` is that record decoded with this
       kernel's schema (older versions migrated), a new object.
@@ -121,7 +122,7 @@ class DeviceDriverOps:
       device that is not preserved.
     * ``can_preserve(dev)`` says whether this device can be requested.
     * ``prepare(dev)``: heavy serialisation while the device runs; returns
-      the value to hand over.
+      the value to hand over.  The bus's prepare runs after it.
     * ``freeze(dev, data)``: quiesce the driver (not the device: DMA goes on)
       and return the final value; light, on the blackout path.  ``data`` is
       the value prepare handed over.  Returning ``data`` itself costs nothing,
@@ -130,16 +131,20 @@ class DeviceDriverOps:
       it; ``None`` hands over the default value, not ``data``.  The bus's
       freeze runs after the driver's.
     * ``cancel(dev, data)``: undo prepare and freeze exactly, after the bus's
-      cancel; ``data`` is the last value handed over.  Must not fail: an
-      exception is logged (``callback_must_not_fail``) and the cancel goes on.
+      cancel; ``data`` is the last value handed over.  It also runs, alone,
+      when the bus's prepare or freeze failed after the driver's succeeded.
+      Must not fail: an exception is logged (``callback_must_not_fail``) and
+      the cancel goes on.
     * ``restore(dev, data)``: the next kernel reclaims the running device
       instead of probing it, after the bus's restore, parents first; ``data``
       is the record decoded with this kernel's schema (older versions
       migrated).  Light, on the blackout path.  A restore that raises leaves
       the device unbound (``restore_failed``).
     * ``finish(dev, data)``: heavy cleanup after the update, for each device
-      restore reclaimed, with the value restore got; the bus's finish runs
-      after it.  Must not fail.
+      restore reclaimed, with the value restore got, children before parents;
+      the bus's finish runs after it.  A device handed over but not reclaimed
+      has no driver bound (restore failed, or this kernel has none), so only
+      its bus's finish runs.  Must not fail.
     """
 
     def probe(self, dev: Device) -> None:
@@ -170,12 +175,19 @@ class DeviceDriverOps:
 class BusOps:
     """Bus-level ``dev_liveupdate`` callbacks, run around the driver's.
 
-    ``freeze`` runs after the driver's freeze, ``restore`` before the driver's
-    restore, ``cancel`` before the driver's cancel (a bus keeps, say, bus
-    mastering on for a preserved device).  ``cancel`` also runs for devices
-    whose freeze never ran (a cancel from ``prepared``), so it must be a no-op
-    for them.
+    ``prepare`` runs after the driver's prepare, ``freeze`` after the
+    driver's freeze, ``cancel`` before the driver's cancel, ``restore``
+    before the driver's restore and ``finish`` after the driver's finish (a
+    bus keeps, say, bus mastering on for a preserved device).  Each also runs
+    for a device with no driver bound, which takes part in the update as the
+    ancestor of a requested device.  If the bus's ``prepare`` or ``freeze``
+    raises, the device has failed: its driver gets ``cancel`` and the bus
+    does not.  ``cancel`` also runs for devices whose freeze never ran (a
+    cancel from ``prepared``), so it must be a no-op for them.
     """
+
+    def prepare(self, dev: Device) -> None:
+        return None
 
     def freeze(self, dev: Device) -> None:
         return None

@@ -44,15 +44,21 @@ REGISTRATION_STATES = frozenset({State.NORMAL, State.UPDATED})
 class StateMachine:
     """Holds the global state and serialises transitions.
 
-    A second caller that arrives while a transition runs gets
-    :class:`BusyError` (``EBUSY``) at once; with ``timeout`` it waits up to that
-    many seconds for the first to end and then gets :class:`TryAgainError`
-    (``EAGAIN``).  The state changes only when the transition body succeeds.
+    A second caller that arrives while a transition runs waits for it to end,
+    as on the RFC's ``luo_state_rwsem`` (``down_write_killable()``); with
+    ``timeout`` it waits up to that many seconds and then gets
+    :class:`TryAgainError` (``EAGAIN``, what the kernel returns when the wait
+    is interrupted).  A call from inside the running transition (its own
+    thread, or a callback it runs on another thread) would wait for itself
+    forever: it gets :class:`BusyError` (``EBUSY``) at once instead.  The state
+    changes only when the transition body succeeds.
     """
 
     def __init__(self, initial: State = State.NORMAL) -> None:
         self._state = initial
         self._lock = threading.Lock()
+        self._holder: str | None = None
+        self._owner: int | None = None
 
     @property
     def state(self) -> State:
@@ -68,6 +74,17 @@ class StateMachine:
             ) from None
 
     @contextmanager
+    def serving(self) -> Iterator[None]:
+        """Mark the calling thread as running a callback of the transition that
+        holds this machine, so that a call back into it fails instead of waiting."""
+        serving: list[StateMachine] = _callbacks.__dict__.setdefault("serving", [])
+        serving.append(self)
+        try:
+            yield
+        finally:
+            serving.pop()
+
+    @contextmanager
     def hold(
         self,
         what: str,
@@ -75,19 +92,34 @@ class StateMachine:
         allowed: frozenset[State] | None = None,
         error: type[LiveUpdateError] = BusyError,
     ) -> Iterator[State]:
-        """Hold the machine for ``what``; refuse it (with ``error``) outside
-        ``allowed`` states.  Yields the current state."""
+        """Hold the machine for ``what``, waiting for a running transition to
+        end; refuse it (with ``error``) outside ``allowed`` states.  Yields the
+        current state."""
+        self._refuse_reentry(what)
         if timeout is None:
-            if not self._lock.acquire(blocking=False):
-                raise BusyError(f"{what}: another live-update transition is in progress")
+            self._lock.acquire()
         elif not self._lock.acquire(timeout=timeout):
             raise TryAgainError(f"{what}: a transition still ran after waiting {timeout:g}s")
+        self._holder, self._owner = what, threading.get_ident()
         try:
             if allowed is not None and self._state not in allowed:
                 raise error(f"{what}: not allowed in state {self._state.value}")
             yield self._state
         finally:
+            self._holder = self._owner = None
             self._lock.release()
+
+    def _refuse_reentry(self, what: str) -> None:
+        # Read without the lock: they matter only when this thread holds the
+        # machine or runs a callback for its holder, and then they cannot change.
+        holder = self._holder
+        if holder is None:
+            return
+        if self._owner == threading.get_ident() or self in getattr(_callbacks, "serving", ()):
+            raise BusyError(
+                f"{what}: called from inside {holder}, which holds the live-update state "
+                "and would wait for it forever; do it after the transition returns"
+            )
 
     @contextmanager
     def transition(self, event: Event, timeout: float | None = None) -> Iterator[State]:
@@ -102,3 +134,7 @@ class StateMachine:
     def force(self, state: State) -> None:
         """Set the state from inside a held transition (commit or rollback)."""
         self._state = state
+
+
+_callbacks = threading.local()
+"""Per thread: the machines whose transition's callbacks the thread is running."""

@@ -6,7 +6,14 @@ through messages and through memory shared by file descriptor.
 
 from luo_core.abi._machine import DeviceSpec, Machine
 from luo_core.platform._hardware import Hardware
-from luo_core.platform._hosts import EXAMPLE_NIC, HOST_BRIDGE, PCI_BRIDGE, default_host, flat_host
+from luo_core.platform._hosts import (
+    EXAMPLE_NIC,
+    HOST_BRIDGE,
+    ISA_BRIDGE,
+    PCI_BRIDGE,
+    default_host,
+    flat_host,
+)
 from luo_core.platform._memory import PhysicalMemory
 from luo_core.platform._models import DeviceContext, DeviceModel, discover_models
 from luo_core.platform._registers import BUS_MASTER, Register, RegisterMap, Registers
@@ -16,6 +23,7 @@ __all__ = [
     "BUS_MASTER",
     "EXAMPLE_NIC",
     "HOST_BRIDGE",
+    "ISA_BRIDGE",
     "PCI_BRIDGE",
     "DeviceContext",
     "DeviceModel",

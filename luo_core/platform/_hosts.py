@@ -8,12 +8,13 @@ from luo_core.errors import MachineError
 EXAMPLE_NIC = "luo,example-nic"
 HOST_BRIDGE = "pci-host-bridge"
 PCI_BRIDGE = "pci-bridge"
+ISA_BRIDGE = "pci8086,7000"
 
 
 def default_host(rx_pps: int = 0) -> Machine:
     """A small host: a PCI root with two bridges, three NICs, one legacy device.
 
-    The ISA bridge has no live-update-capable driver, so it can never be
+    The ISA bridge's driver has no live-update callbacks, so it can never be
     preserved; two NICs sit behind one bridge, one behind the other.  Frames
     arrive at each NIC from its link at ``rx_pps`` frames per second.
     """
@@ -22,7 +23,7 @@ def default_host(rx_pps: int = 0) -> Machine:
     machine.add("pci0000:00", compatible=HOST_BRIDGE)
     machine.add_pci("0000:00:01.0", compatible=PCI_BRIDGE, parent="pci0000:00")
     machine.add_pci("0000:00:02.0", compatible=PCI_BRIDGE, parent="pci0000:00")
-    machine.add_pci("0000:00:1f.0", compatible="pci8086,7000", parent="pci0000:00")
+    machine.add_pci("0000:00:1f.0", compatible=ISA_BRIDGE, parent="pci0000:00")
     machine.add_pci("0000:01:00.0", compatible=EXAMPLE_NIC, parent="0000:00:01.0", params=nic)
     machine.add_pci("0000:01:00.1", compatible=EXAMPLE_NIC, parent="0000:00:01.0", params=nic)
     machine.add_pci("0000:02:00.0", compatible=EXAMPLE_NIC, parent="0000:00:02.0", params=nic)

@@ -1,7 +1,9 @@
-"""luo's own plugin: the platform and PCI buses and the PCI bridge drivers.
+"""luo's own plugin: the platform and PCI buses, the PCI bridge drivers, the ISA bridge's.
 
 Bridges must keep bus mastering on through a live update, or DMA from the
-preserved devices behind them stops; their restore checks that it did.
+preserved devices behind them stops; their restore checks that it did.  The
+ISA bridge's driver has no live-update callbacks, like most drivers of
+legacy devices: such a device cannot be preserved.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from luo_core.abi import state
 from luo_core.errors import DeviceError
 from luo_core.kernel._hookspecs import hookimpl
 from luo_core.kernel._records import Bus, DeviceDriver, DeviceDriverOps
-from luo_core.platform import HOST_BRIDGE, PCI_BRIDGE
+from luo_core.platform import HOST_BRIDGE, ISA_BRIDGE, PCI_BRIDGE
 
 if TYPE_CHECKING:
     from luo_core.kernel.devices._tree import Device
@@ -52,4 +54,7 @@ def luo_device_drivers() -> Iterator[DeviceDriver]:
     )
     yield DeviceDriver(
         name="pcieport", compatible=[PCI_BRIDGE], ops=BridgeOps(), schema=BridgeRecord
+    )
+    yield DeviceDriver(
+        name="isa-bridge", compatible=[ISA_BRIDGE], ops=DeviceDriverOps(), liveupdate=False
     )

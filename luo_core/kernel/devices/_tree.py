@@ -1,11 +1,13 @@
 """The kernel's device tree and the ``dev_liveupdate`` flags of each device.
 
 Devices are enumerated from the machine description at boot and bound to drivers by
-compatible.  Each has ``requested`` (read-write), ``preserved`` and
-``reclaimed`` (read-only).  Requesting a device requests its ancestors and its
-suppliers; it is refused unless the global state is ``normal`` and every one of
-them has a live-update-capable driver and bus, sits alone in its IOMMU group,
-and its driver's ``can_preserve`` agrees.
+compatible.  Each has ``requested`` (read-write, the device's own flag),
+``preserved`` and ``reclaimed`` (read-only).  A requested device's ancestors
+and suppliers take part in the update with it, their own flags untouched.  A
+request is refused unless the global state is ``normal`` and the device and
+each of those has a live-update-capable bus and, if a driver is bound, a
+live-update-capable driver that agrees (``can_preserve``), and sits alone in
+its IOMMU group.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from luo_core._logging import get_logger
 from luo_core.abi._machine import DeviceSpec, Machine
-from luo_core.errors import BusyError, DependencyCycleError, DeviceError, NotFoundError
+from luo_core.errors import DependencyCycleError, DeviceError, NotFoundError
 from luo_core.kernel._records import Bus, DeviceDriver
-from luo_core.kernel.devices._order import restore_graph, static_order
+from luo_core.kernel.devices._order import preserve_list, restore_graph, static_order
 from luo_core.platform import BUS_MASTER, Registers
 
 if TYPE_CHECKING:
@@ -74,7 +76,10 @@ class Device:
 
     @property
     def requested(self) -> bool:
-        """Preserve this device across the next live update (read-write)."""
+        """Preserve this device across the next live update (read-write).
+
+        The device's own flag: its ancestors and suppliers take part in the
+        update with it without theirs being set."""
         return self._requested
 
     @requested.setter
@@ -182,7 +187,15 @@ class DeviceTree(Mapping[str, Device]):
         dev._preserved = dev._reclaimed = False
 
     def requested(self) -> list[Device]:
+        """The devices whose own ``requested`` flag is set, in enumeration order."""
         return [d for d in self._devices.values() if d.requested]
+
+    def preserve_list(self) -> list[Device]:
+        """The devices the next ``prepare`` runs, in the order it runs them: the
+        requested ones, their ancestors and suppliers, deepest first, otherwise
+        in the order they were listed
+        (:func:`luo_core.kernel.devices.preserve_list`)."""
+        return preserve_list(self.requested())
 
     def iommu_group(self, dev: Device) -> list[Device]:
         """Every device sharing ``dev``'s IOMMU group (``dev`` included)."""
@@ -195,14 +208,15 @@ class DeviceTree(Mapping[str, Device]):
     def link(self, supplier: str, consumer: str) -> None:
         """Add a device link; one that would close a cycle is refused (``ELOOP``).
 
-        If ``consumer`` is requested, ``supplier`` (and what it depends on) is
-        requested too, or the link is refused as a request would be.
+        If ``consumer`` takes part in the next update, ``supplier`` (and what it
+        depends on) will too, so the link is refused as a request would be
+        unless they could be preserved.
         """
         with self._guard(f"link {supplier} -> {consumer}"):
             sup, con = self[supplier], self[consumer]
             if sup is con:
                 raise DeviceError(f"link {supplier} -> {consumer}: a device cannot supply itself")
-            needed = self.dependencies(sup) if con.requested else []
+            needed = self.dependencies(sup) if con in self.preserve_list() else []
             self._check_preservable(consumer, needed, via=True)
             self._add_link(sup, con)
             try:
@@ -211,8 +225,6 @@ class DeviceTree(Mapping[str, Device]):
                 sup.consumers.remove(con)
                 con.suppliers.remove(sup)
                 raise
-            for node in needed:
-                node._requested = True
 
     def _add_link(self, supplier: Device, consumer: Device) -> None:
         supplier.consumers.append(consumer)
@@ -235,30 +247,31 @@ class DeviceTree(Mapping[str, Device]):
         return sorted(seen, key=lambda d: d.index)
 
     def blocker(self, dev: Device) -> str | None:
-        """Why ``dev`` cannot be preserved, or ``None`` if it can."""
+        """Why ``dev`` cannot be preserved, or ``None`` if it can.
+
+        As ``is_liveupdate_possible()``, a device without a driver is no
+        obstacle: only a *bound* driver must have live-update callbacks.
+        """
         bus = self._buses.get(dev.bus)
         if bus is None or not bus.liveupdate:
-            return f"bus {dev.bus!r} has no live-update callbacks"
-        if dev.driver is None:
-            return f"has no driver (compatible {dev.compatible!r})"
-        if not dev.driver.liveupdate:
-            return f"driver {dev.driver.name!r} has no live-update callbacks"
+            return f"sits on bus {dev.bus!r} (no live-update callbacks)"
+        if dev.driver is not None and not dev.driver.liveupdate:
+            return f"is bound to driver {dev.driver.name!r} (no live-update callbacks)"
         group = self.iommu_group(dev)
         if len(group) > 1:
             others = ", ".join(d.name for d in group if d is not dev)
             return f"shares IOMMU group {dev.iommu_group} with {others}"
-        if not dev.driver.ops.can_preserve(dev):
-            return f"driver {dev.driver.name!r} cannot preserve it (can_preserve)"
+        if dev.driver is not None and not dev.driver.ops.can_preserve(dev):
+            return f"is refused by its driver {dev.driver.name!r} (can_preserve)"
         return None
 
     def request(self, name: str) -> None:
-        """Request ``name`` and everything it depends on, or change nothing."""
+        """Set ``name``'s ``requested`` flag, or change nothing (``EINVAL``) unless
+        it and everything it depends on could be preserved."""
         with self._guard(f"request {name}"):
             dev = self[name]
-            needed = self.dependencies(dev)
-            self._check_preservable(name, needed, via=False)
-            for node in needed:
-                node._requested = True
+            self._check_preservable(name, self.dependencies(dev), via=False)
+            dev._requested = True
 
     def _check_preservable(self, name: str, needed: list[Device], *, via: bool) -> None:
         for node in needed:
@@ -268,11 +281,8 @@ class DeviceTree(Mapping[str, Device]):
                 raise DeviceError(f"cannot request {name}: {subject} {reason}")
 
     def release(self, name: str) -> None:
-        """Clear ``requested``; refused (``EBUSY``) while a requested child or
-        consumer still depends on the device."""
+        """Clear ``name``'s ``requested`` flag.  A device some requested device
+        depends on still takes part in the update, as that device's ancestor
+        or supplier."""
         with self._guard(f"release {name}"):
-            dev = self[name]
-            for user in (*dev.children, *dev.consumers):
-                if user.requested:
-                    raise BusyError(f"cannot release {name}: requested {user.name} depends on it")
-            dev._requested = False
+            self[name]._requested = False
