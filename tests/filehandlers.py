@@ -148,3 +148,9 @@ def preserve(session: Any, pack: EventPack, token: int, value: int = 0) -> int:
     pack.next_token.append(token)
     session.preserve_fd(fd, token)
     return fd
+
+
+def event_pack() -> EventPlugin:
+    """The plugin for a kernel in another process (``'tests.filehandlers:event_pack'``):
+    its journal stays in that process."""
+    return EventPlugin(EventPack([]))

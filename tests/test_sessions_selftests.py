@@ -343,3 +343,24 @@ def test_luo_stress_files(kernel: KernelProcess) -> None:
         for i in range(500):
             restore_and_verify_memfd(session, i, f"file-data-{i}".encode())
         finish(session)
+
+
+def test_a_packs_own_file_type_crosses_processes(hardware: HardwareProcess) -> None:
+    """A pack's file handler (eventfds here) in kernels of their own processes: the
+    counter reaches the next kernel's process only through its record in preserved
+    memory, and the FLB is retrieved there."""
+    config = KernelConfig(["tests.filehandlers:event_pack"], discover=False)
+    with KernelProcess.boot(hardware, config) as kernel:
+        dev = kernel.open_liveupdate()
+        session = dev.create_session("events")
+        fd = os.eventfd(41)
+        session.preserve_fd(fd, 7)
+        os.eventfd_write(fd, 1)  # after preserve, before kexec: freeze reads 42
+        os.close(fd)
+        dev.close()
+        new = kernel.kexec()
+    with new:
+        session = new.open_liveupdate().retrieve_session("events")
+        got = session.retrieve_fd(7)
+        assert os.eventfd_read(got) == 42
+        finish(session)
