@@ -47,10 +47,11 @@ class Jump(Phases):
         next kernel boots cold but for the sessions.
         """
         self._alive()
-        self.luo.freeze()
         try:
-            if self.state is State.PREPARED:
-                self.freeze()
+            if self.state is State.PREPARED:  # the sessions freeze first, inside the blackout
+                self.freeze(first=self.luo.freeze)
+            else:
+                self.luo.freeze()
         except BaseException:
             self.luo.unfreeze()
             raise

@@ -68,17 +68,23 @@ class Phases(KernelBase):
             self._publish()
             self._commit(Event.PREPARE, new_state)
 
-    def freeze(self, timeout: float | None = None) -> None:
+    def freeze(
+        self, timeout: float | None = None, *, first: Callable[[], None] | None = None
+    ) -> None:
         """prepared -> frozen: the light, final step on the kexec path.
 
         On failure every prepared participant but the failing one gets
         ``cancel`` (in :meth:`cancel`'s order) and the state is back to
-        ``normal``.
+        ``normal``.  ``first`` runs before any participant, inside the
+        blackout (kexec passes the sessions' freeze); if it raises, nothing
+        has changed and the state stays ``prepared``.
         """
         self._alive()
         with self._sm.transition(Event.FREEZE, timeout) as target:
             stats = self._update_stats()
             stats.freeze_start_ns = now_ns()
+            if first is not None:
+                first()
             self._run_event(Event.FREEZE, self._steps.freeze, self._sub_steps.freeze)
             self._publish()
             self._commit(Event.FREEZE, target)

@@ -28,6 +28,7 @@ from typing import Any, Final
 from luo_core._logging import configure as configure_logging
 from luo_core.abi import _wire
 from luo_core.abi._boot import BootParams
+from luo_core.abi._luo import LuoTree, pack_tree, unpack_tree
 from luo_core.errors import HandoffError, LiveUpdateError, PeerGoneError
 from luo_core.kernel._registry import PluginSource
 from luo_core.kexec._leaks import pack_prefixes
@@ -55,6 +56,10 @@ def warm(params: BootParams) -> list[PluginSource]:
             converter.get_unstructure_hook(schema)
     # What runs after the jump is imported now: an import there is blackout.
     from luo_core.kexec import _serve  # noqa: F401
+
+    # So is the first run of the LUO entry's codec (both ends: this image writes one
+    # at its own kexec and reads one at boot), which fills its caches.
+    unpack_tree(pack_tree(LuoTree(0, 0, 0)))
 
     # The image is this kernel's text, never garbage: freezing it (and dropping what
     # warming left) keeps a collection on the blackout path from walking all of it.

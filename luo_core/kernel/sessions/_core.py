@@ -324,15 +324,29 @@ class Luo:
             if files:
                 self.memory.write(phys, pack_files(files))
             sessions.append(SessionSer(session.name, phys, len(files)))
-        header = out.alloc_preserve(sessions_size(len(sessions)))
-        self.memory.write(header, pack_sessions(sessions))
         flbs = self.flbs.serialize()
-        size = flbs_size(len(flbs))
-        flb_header = out.alloc_preserve(size)
-        pages = -(-size // self.memory.PAGE_SIZE)
-        self.memory.write(flb_header, pack_flbs(flbs, pages))
+        pages = -(-flbs_size(len(flbs)) // self.memory.PAGE_SIZE)
+        header, flb_header = self._headers(pack_sessions(sessions), pack_flbs(flbs, pages))
         tree = LuoTree(liveupdate_number, header, flb_header)
         self._kho.add_node(KHO_ENTRY, COMPATIBLE, pack_tree(tree))
+
+    def _headers(self, sessions: bytes, flbs: bytes) -> tuple[int, int]:
+        """Preserved pages for the two header blocks, written; their addresses.
+
+        The kernel preserves one page for each at boot; on the kexec path one
+        allocation is cheaper than two, so both share a page when they fit
+        (what the tree points at is all the next kernel relies on).
+        """
+        out = self.outgoing_memory
+        at = -(-len(sessions) // 8) * 8
+        if at + len(flbs) <= self.memory.PAGE_SIZE:
+            phys = out.alloc_preserve(at + len(flbs))
+            self.memory.write(phys, sessions.ljust(at, b"\0") + flbs)
+            return phys, phys + at
+        header, flb_header = out.alloc_preserve(len(sessions)), out.alloc_preserve(len(flbs))
+        self.memory.write(header, sessions)
+        self.memory.write(flb_header, flbs)
+        return header, flb_header
 
     def die(self) -> None:
         """The kernel is gone: LUO's references to files close, as at any reboot."""

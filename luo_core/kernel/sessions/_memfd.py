@@ -1,16 +1,17 @@
 """The built-in ``memfd-v1`` file handler (``mm/memfd_luo.c``): contents, size and position.
 
-``preserve`` allocates preserved pages for the whole file (holes included)
-and a ``struct memfd_luo_ser`` pointing at a folio array, and freezes the
-size: from then on the file must not grow or shrink until it is
-unpreserved.  ``freeze`` copies the contents and the position into that
-memory — the kernel pins the file's own pages instead, which Python cannot
-do to an OS memfd, so luo copies on the kexec path (a cost that grows with
-the file).  A file resized while preserved fails freeze with ``EPERM`` and
-the kexec is refused (the kernel refuses the resize itself).  In the next
-kernel ``retrieve`` builds a new memfd from the preserved pages (position
-and size restored, seals and ``FD_CLOEXEC`` not, as upstream) and frees
-them; ``finish`` of a file never retrieved frees them too.
+``preserve`` allocates preserved pages for the whole file (holes included),
+copies the contents there, writes a ``struct memfd_luo_ser`` pointing at a
+folio array, and freezes the size: from then on the file must not grow or
+shrink until it is unpreserved. ``freeze`` copies the contents again, and the
+position — the kernel pins the file's own pages instead, which Python cannot
+do to an OS memfd, so luo copies on the kexec path (a memcpy that grows with
+the file, about 15 ms for 64 MiB here). A file resized while preserved fails
+freeze with ``EPERM`` and the kexec is refused (the kernel refuses the resize
+itself). In the next kernel ``retrieve`` builds a new memfd from the
+preserved pages (position and size restored, seals and ``FD_CLOEXEC`` not, as
+upstream) and frees them; ``finish`` of a file never retrieved frees them
+too.
 """
 
 from __future__ import annotations
@@ -82,7 +83,15 @@ class MemfdOps(FileHandlerOps):
         out.memory.write(ser, MEMFD_SER.pack(pos, size, nr, folios))
         self._frozen_sizes[ser] = size
         self._pages[ser] = (pages, folios)
+        # Copied now too, while the workload runs: the pages are then in place, and
+        # freeze's copy costs a memcpy, not a page fault per page.
+        self._copy(file.fd, pages, size)
         return ser
+
+    def _copy(self, fd: int, pages: int, size: int) -> None:
+        if size:
+            with mmap.mmap(fd, size, prot=mmap.PROT_READ) as contents:
+                self._out.memory.write(pages, memoryview(contents))
 
     def freeze(self, file: LiveFile, data: Any) -> None:
         size = self._frozen_sizes[data]
@@ -92,9 +101,7 @@ class MemfdOps(FileHandlerOps):
                 f"memfd resized while preserved ({size} -> {now} bytes)", errno=errno.EPERM
             )
         pages, folios = self._pages[data]
-        if size:
-            with mmap.mmap(file.fd, size, prot=mmap.PROT_READ) as contents:
-                self._out.memory.write(pages, memoryview(contents))
+        self._copy(file.fd, pages, size)
         pos = os.lseek(file.fd, 0, os.SEEK_CUR)
         nr = -(-size // self.page)
         self._out.memory.write(data, MEMFD_SER.pack(pos, size, nr, folios))
@@ -133,6 +140,8 @@ class MemfdOps(FileHandlerOps):
             if index != i:
                 raise HandoffError(f"memfd-v1: folio {i} has index {index}")
             pfns.append(word & ((1 << _PFN_BITS) - 1))
+        if len(set(pfns)) != len(pfns):
+            raise HandoffError("memfd-v1: two folios share a page frame")
         return ser, pfns
 
     def retrieve(self, data: Any) -> int:
@@ -142,9 +151,10 @@ class MemfdOps(FileHandlerOps):
             raise HandoffError("memfd-v1: nothing was handed over to this kernel")
         fd = os.memfd_create("", os.MFD_CLOEXEC)
         try:
-            for i, pfn in enumerate(pfns):
-                length = min(self.page, ser.size - i * self.page)
-                os.pwrite(fd, incoming.read(pfn * self.page, length, "memfd folio"), i * self.page)
+            for index, pfn, count in _runs(pfns):
+                at = index * self.page
+                length = min(count * self.page, ser.size - at)
+                os.pwrite(fd, incoming.read(pfn * self.page, length, "memfd folios"), at)
             os.ftruncate(fd, ser.size)
             os.lseek(fd, ser.pos, os.SEEK_SET)
         except BaseException:
@@ -161,11 +171,24 @@ class MemfdOps(FileHandlerOps):
     def _discard(self, data: int, ser: MemfdSer, pfns: list[int]) -> None:
         if self._in is None:
             return
-        for pfn in pfns:
-            self._in.free(pfn * self.page, self.page, "memfd folio")
+        for _, pfn, count in _runs(pfns):
+            self._in.free(pfn * self.page, count * self.page, "memfd folios")
         if ser.nr_folios:
             self._in.free(ser.folios, ser.nr_folios * MEMFD_FOLIO_SER.size, "memfd folios")
         self._in.free(data, MEMFD_SER.size, "memfd_luo_ser")
+
+
+def _runs(pfns: list[int]) -> list[tuple[int, int, int]]:
+    """Consecutive page frames as ``(first index, first pfn, count)``: one read and one
+    free per run, not per page."""
+    runs: list[tuple[int, int, int]] = []
+    for index, pfn in enumerate(pfns):
+        if runs and runs[-1][1] + runs[-1][2] == pfn:
+            first, start, count = runs[-1]
+            runs[-1] = (first, start, count + 1)
+        else:
+            runs.append((index, pfn, 1))
+    return runs
 
 
 def memfd_handler(outgoing: Outgoing, incoming: Incoming | None) -> FileHandler:
