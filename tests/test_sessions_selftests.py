@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from luo_core import KernelConfig
+from luo_core import Kernel, KernelConfig, Machine
 from luo_core.errors import (
     BusyError,
     ExistsError,
@@ -364,3 +364,27 @@ def test_a_packs_own_file_type_crosses_processes(hardware: HardwareProcess) -> N
         got = session.retrieve_fd(7)
         assert os.eventfd_read(got) == 42
         finish(session)
+
+
+def test_a_handler_that_keeps_its_data_in_a_module_global_loses_it(
+    hardware: HardwareProcess,
+) -> None:
+    """Only bytes cross a kexec: a handler that hands over an empty record and keeps the
+    counter in a module global gets it back in this process (one Python), but the next
+    kernel's process, like a real next kernel, never sees it."""
+    config = KernelConfig(["tests.filehandlers:stashing_pack"], discover=False)
+    inproc = Kernel.boot(Machine(), plugins=config.plugins, discover=False)
+    inproc.open_liveupdate().create_session("events").preserve_fd(os.eventfd(42), 7)
+    fooled = inproc.kexec().open_liveupdate().retrieve_session("events").retrieve_fd(7)
+    assert os.eventfd_read(fooled) == 42  # one Python: the module global came along
+    with KernelProcess.boot(hardware, config) as kernel:
+        session = kernel.open_liveupdate().create_session("events")
+        fd = os.eventfd(42)
+        session.preserve_fd(fd, 7)
+        os.close(fd)
+        new = kernel.kexec()
+    with new:
+        got = new.open_liveupdate().retrieve_session("events").retrieve_fd(7)
+        os.set_blocking(got, False)
+        with pytest.raises(BlockingIOError):  # a counter of 0: the 42 did not cross
+            os.eventfd_read(got)

@@ -126,6 +126,13 @@ class Jump(Phases):
                 found.append((f"driver_data of {dev.name}", dev.driver_data))
         found += [(f"preserved value of {label(k)}", v) for k, v in self._preserved.values.items()]
         found += [("the device tree", self.devices), ("KHO", self.kho), ("the allocator", self.mm)]
+        found.append(("LUO's sessions core", self.luo))
+        for fh in self.luo.handlers():
+            found.append(
+                (f"ops of file handler {fh.compatible} ({type(fh.ops).__qualname__})", fh.ops)
+            )
+        for session in [*self.luo.outgoing, *self.luo.incoming]:
+            found.append((f"session {session.name}", session))
         return list(_weak(found))
 
     def __getattr__(self, name: str) -> Any:
