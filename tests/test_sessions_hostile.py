@@ -40,7 +40,7 @@ def handed_over() -> Kernel:
 def layout(kernel: Kernel) -> tuple[int, int, int]:
     """Where the session array, the first session's files, and its first memfd are."""
     assert kernel._handed is None  # a plain kexec: the root was read and released
-    tree = kernel.luo._tree
+    tree = kernel.luo._incoming()  # the tree as the kernel reads it on first use
     assert tree is not None
     luo = read_luo(kernel.memory, kernel.luo.incoming_memory.preserved, tree)  # type: ignore[union-attr]
     return tree.session_header, luo.sessions[0].files, luo.files["vm-1"][0].data

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from luo_core.kernel._kho import KexecHandover
     from luo_core.kernel._registry import PluginRegistry
     from luo_core.kernel.devices import DeviceTree
+    from luo_core.kernel.sessions import Luo
     from luo_core.platform._memory import PhysicalMemory
 
 log = get_logger(PROJECT)
@@ -64,6 +65,7 @@ class KernelBase:
     _published: dict[Key, bytes]
     _steps: DeviceSteps
     _sub_steps: SubsystemSteps
+    luo: Luo
     _abandoned: list[threading.Thread]
     _threads_before: set[threading.Thread]
 

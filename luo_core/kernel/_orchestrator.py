@@ -103,8 +103,10 @@ class PhaseRunner:
         return result
 
     def _serve(self, fn: Callable[..., T], *args: object) -> T:
-        """``fn(*args)`` on the calling thread, marked as serving ``machine``."""
-        if self.machine is None:
+        """``fn(*args)`` on the calling thread, marked as serving ``machine`` unless the
+        thread holds it (then a call back in is refused already, and this runs once per
+        callback on the blackout path)."""
+        if self.machine is None or self.machine.held_here():
             return fn(*args)
         with self.machine.serving():
             return fn(*args)

@@ -65,6 +65,7 @@ class Phases(KernelBase):
             self._preserved.versions.update(versions)
             self._prepared.clear()
             self._run_event(Event.PREPARE, self._steps.prepare, self._sub_steps.prepare, last=load)
+            self.luo.prepare_entry(self.liveupdate_number + 1)  # off the kexec path
             self._publish()
             self._commit(Event.PREPARE, new_state)
 

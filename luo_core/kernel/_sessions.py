@@ -7,13 +7,11 @@ from typing import TYPE_CHECKING, Any
 from luo_core.kernel._base import KernelBase
 
 if TYPE_CHECKING:
-    from luo_core.kernel.sessions import FileHandler, Flb, LiveUpdateDevice, Luo
+    from luo_core.kernel.sessions import FileHandler, Flb, LiveUpdateDevice
 
 
 class SessionsApi(KernelBase):
     """What userspace and file-handler modules call on a kernel (upstream 6.19 model)."""
-
-    luo: Luo
 
     def open_liveupdate(self) -> LiveUpdateDevice:
         """Open ``/dev/liveupdate``: one opener at a time (``EBUSY``), and ``EIO`` for good

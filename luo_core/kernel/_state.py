@@ -73,6 +73,10 @@ class StateMachine:
                 f"{event.value}: not allowed in state {self._state.value}"
             ) from None
 
+    def held_here(self) -> bool:
+        """Whether the calling thread holds this machine."""
+        return self._owner == threading.get_ident()
+
     @contextmanager
     def serving(self) -> Iterator[None]:
         """Mark the calling thread as running a callback of the transition that

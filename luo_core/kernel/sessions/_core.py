@@ -97,13 +97,36 @@ class Luo:
         self._error: LiveUpdateError | None = None
         self._deserialized = handed is None
         self._frozen: list[tuple[Session, list[FileSer]]] | None = None
+        self._block: tuple[int, int] | None = (
+            None  # the headers' page, prepared off the kexec path
+        )
+        # The entry's bytes are taken now (the root and node pages may be freed soon);
+        # they are read on first use, not on the restore path: what luo_early_startup
+        # refuses then makes every open fail just the same.
+        self._entry: bytes | None = None
         if handed is not None and KHO_ENTRY in handed.nodes:
             try:
-                self._tree = unpack_tree(handed.read(memory, KHO_ENTRY))
-                self.flbs.set_incoming(read_flbs(memory, handed.preserved, self._tree))
-            except HandoffError as exc:  # luo_early_startup: live update is disabled
-                log.error("luo_tree_malformed", error=str(exc))
-                self._error = SessionsUnavailableError(f"the LUO handoff is unusable: {exc}")
+                self._entry = handed.read(memory, KHO_ENTRY)
+            except HandoffError as exc:
+                self._disable(exc)
+
+    def _disable(self, exc: HandoffError) -> None:
+        """``luo_early_startup`` failed: live update is disabled in this kernel."""
+        log.error("luo_tree_malformed", error=str(exc))
+        self._error = SessionsUnavailableError(f"the LUO handoff is unusable: {exc}")
+
+    def _incoming(self) -> LuoTree | None:
+        """The previous kernel's tree, read (and its FLBs found) on first use."""
+        entry, self._entry = self._entry, None
+        if entry is not None and self.incoming_memory is not None:
+            try:
+                self._tree = unpack_tree(entry)
+                self.flbs.set_incoming(
+                    read_flbs(self.memory, self.incoming_memory.preserved, self._tree)
+                )
+            except HandoffError as exc:
+                self._disable(exc)
+        return self._tree
 
     # -- plumbing ------------------------------------------------------------------
 
@@ -254,6 +277,7 @@ class Luo:
     def flb_get_incoming(self, flb: Flb) -> Any:
         with self.lock:
             self.alive()
+            self._incoming()
             return self.flbs.get_incoming(flb)
 
     def flb_get_outgoing(self, flb: Flb) -> Any:
@@ -268,10 +292,11 @@ class Luo:
         if self._deserialized:
             return
         self._deserialized = True
-        if self._tree is None or self.incoming_memory is None:
+        tree = self._incoming()
+        if tree is None or self.incoming_memory is None:
             return
         try:
-            self._read_sessions(self._tree, self.incoming_memory)
+            self._read_sessions(tree, self.incoming_memory)
         except LiveUpdateError as exc:
             log.error("sessions_deserialize_failed", error=str(exc))
             self._error = SessionsUnavailableError(
@@ -327,20 +352,39 @@ class Luo:
         flbs = self.flbs.serialize()
         pages = -(-flbs_size(len(flbs)) // self.memory.PAGE_SIZE)
         header, flb_header = self._headers(pack_sessions(sessions), pack_flbs(flbs, pages))
-        tree = LuoTree(liveupdate_number, header, flb_header)
-        self._kho.add_node(KHO_ENTRY, COMPATIBLE, pack_tree(tree))
+        self._entry_node(LuoTree(liveupdate_number, header, flb_header))
+
+    def prepare_entry(self, liveupdate_number: int) -> None:
+        """Before the kexec path (at ``prepare``): the headers' page and the ``LUO`` node
+        are made now, as the kernel makes them at boot, so that kexec only writes counts."""
+        with self.lock:
+            header, flb_header = self._headers(pack_sessions([]), pack_flbs([], 1))
+            self._entry_node(LuoTree(liveupdate_number, header, flb_header))
+
+    def _entry_node(self, tree: LuoTree) -> None:
+        blob = pack_tree(tree)
+        nodes = self._kho.nodes
+        if KHO_ENTRY in nodes:
+            node = nodes[KHO_ENTRY]
+            if self.memory.read(node.phys, node.length) == blob:
+                return  # already in the tree, as prepared
+            self._kho.remove_node(KHO_ENTRY)
+        self._kho.add_node(KHO_ENTRY, COMPATIBLE, blob)
 
     def _headers(self, sessions: bytes, flbs: bytes) -> tuple[int, int]:
-        """Preserved pages for the two header blocks, written; their addresses.
+        """The two header blocks, written into preserved memory; their addresses.
 
-        The kernel preserves one page for each at boot; on the kexec path one
-        allocation is cheaper than two, so both share a page when they fit
-        (what the tree points at is all the next kernel relies on).
+        The kernel preserves one page for each at boot; here both share one
+        page when they fit, kept from one kexec attempt (or ``prepare``) to the
+        next, so that the kexec path writes into it and allocates nothing.
         """
         out = self.outgoing_memory
+        page = self.memory.PAGE_SIZE
         at = -(-len(sessions) // 8) * 8
-        if at + len(flbs) <= self.memory.PAGE_SIZE:
-            phys = out.alloc_preserve(at + len(flbs))
+        if at + len(flbs) <= page:
+            if self._block is None:
+                self._block = (out.alloc_preserve(page), page)
+            phys = self._block[0]
             self.memory.write(phys, sessions.ljust(at, b"\0") + flbs)
             return phys, phys + at
         header, flb_header = out.alloc_preserve(len(sessions)), out.alloc_preserve(len(flbs))
