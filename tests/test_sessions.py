@@ -13,6 +13,7 @@ import pytest
 
 from luo_core import FileHandler, FileHandlerOps, Kernel, KernelConfig, LiveFile, Machine
 from luo_core.errors import (
+    BadFileError,
     BusyError,
     CallbackError,
     ExistsError,
@@ -119,7 +120,7 @@ def test_preserve_fd_checks_in_the_kernels_order(luo_kernel: Kernel) -> None:
     os.close(closed)
     with pytest.raises(ExistsError):
         one.preserve_fd(closed, 0x1111)  # the token is checked first, even for a bad fd
-    with pytest.raises(LiveUpdateError) as bad:
+    with pytest.raises(BadFileError) as bad:
         one.preserve_fd(closed, 0x2222)
     assert bad.value.errno == errno.EBADF
     null = os.open(os.devnull, os.O_RDWR)

@@ -21,6 +21,7 @@ from typing import Any, Final
 
 from luo_core.abi import _wire, save_image
 from luo_core.errors import (
+    BadFileError,
     CallbackError,
     HandoffError,
     InvalidTransitionError,
@@ -254,7 +255,7 @@ class KernelServer:
         handle, call = request.get("handle"), _text(request, "call")
         obj = self.handles.get(handle) if type(handle) is int else None
         if obj is None:
-            raise LiveUpdateError(f"no open liveupdate object {handle!r:.20}", errno=errno.EBADF)
+            raise BadFileError(f"no open liveupdate object {handle!r:.20}")
         if call == "preserve_fd":
             if len(fds) != 1 or not isinstance(obj, Session):
                 raise HandoffError("preserve_fd carries exactly one descriptor, to a session")

@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 
 from luo_core.abi._luo import FileSer
-from luo_core.errors import BusyError, ExistsError, LiveUpdateError, NotFoundError
+from luo_core.errors import BadFileError, BusyError, ExistsError, LiveUpdateError, NotFoundError
 from luo_core.kernel.sessions._fileid import PreservedFiles
 from luo_core.kernel.sessions._flb import Flbs
 from luo_core.kernel.sessions._memory import Incoming, Outgoing
@@ -73,7 +73,7 @@ class FileSet:
         try:
             own = os.dup(fd)  # LUO keeps its own reference, as fget() does
         except OSError as exc:
-            raise LiveUpdateError(f"fd {fd}: {exc.strerror}", errno=exc.errno) from None
+            raise BadFileError(f"fd {fd}: {exc.strerror}", errno=exc.errno) from None
         try:
             file = LiveFile(own)
             fh = next((h for h in handlers if h.ops.can_preserve(file)), None)

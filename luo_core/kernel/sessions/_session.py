@@ -10,12 +10,16 @@ finishes it).  Sessions nobody retrieves are dropped by the next kexec.
 
 from __future__ import annotations
 
-import errno
 import threading
 from typing import TYPE_CHECKING
 
 from luo_core.abi._luo import SESSION_NAME_LENGTH
-from luo_core.errors import BusyError, InvalidArgumentError, KernelGoneError, LiveUpdateError
+from luo_core.errors import (
+    BadFileError,
+    BusyError,
+    InvalidArgumentError,
+    KernelGoneError,
+)
 from luo_core.kernel.sessions._files import FileSet
 
 if TYPE_CHECKING:
@@ -66,7 +70,7 @@ class Session:
     def _open(self) -> None:
         self._luo.alive()
         if self.closed:
-            raise LiveUpdateError(f"session {self.name!r} is closed", errno=errno.EBADF)
+            raise BadFileError(f"session {self.name!r} is closed")
 
     def preserve_fd(self, fd: int, token: int) -> None:
         """``LIVEUPDATE_SESSION_PRESERVE_FD``: preserve the open file ``fd`` under ``token``.
@@ -77,9 +81,7 @@ class Session:
         """
         token = check_token(token)
         if isinstance(fd, bool) or not isinstance(fd, int):
-            raise LiveUpdateError(
-                f"fd must be a descriptor number, not {fd!r:.40}", errno=errno.EBADF
-            )
+            raise BadFileError(f"fd must be a descriptor number, not {fd!r:.40}")
         with self._luo.lock, self.lock:
             self._open()
             if self.incoming:
@@ -156,7 +158,7 @@ class LiveUpdateDevice:
     def _open(self) -> None:
         self._luo.alive()
         if self.closed:
-            raise LiveUpdateError("/dev/liveupdate is closed", errno=errno.EBADF)
+            raise BadFileError("/dev/liveupdate is closed")
 
     def create_session(self, name: str) -> Session:
         """``LIVEUPDATE_IOCTL_CREATE_SESSION``: ``EEXIST`` for a name in use; ``EINVAL`` for
