@@ -210,7 +210,14 @@ def test_a_write_to_a_read_only_mapping_faults_and_writes_nothing(
     assert iommu.dma_read(tables.root, 0, 4, device="dev") == b"roro"
     with pytest.raises(IommuFaultError, match="read not permitted"):
         iommu.dma_read(tables.root, 2 * PAGE_SIZE - 2, 4, device="dev")
-    assert [f.reason for f in iommu.fault_log] == [FaultReason.WRITE, FaultReason.READ]
+    with pytest.raises(IommuFaultError) as info:
+        iommu.translate(tables.root, 3 * PAGE_SIZE + 0x123, write=False, device="dev")
+    assert info.value.iova == 3 * PAGE_SIZE, "VT-d records the faulting page, not the byte"
+    assert iommu.fault_log == [
+        Fault("dev", 0, True, FaultReason.WRITE),
+        Fault("dev", 2 * PAGE_SIZE, False, FaultReason.READ),
+        Fault("dev", 3 * PAGE_SIZE, False, FaultReason.READ),
+    ]
 
 
 def test_unmap_takes_the_pages_away(mem: PhysicalMemory, tables: PageTableWriter) -> None:

@@ -117,8 +117,8 @@ class PageTableWriter:
 
     ``alloc`` returns the physical address of a free page for a new table;
     the writer zeroes it before linking it in.  With no ``root``, the root
-    table is allocated too.  Tables are never freed by :meth:`unmap` (Linux
-    frees them lazily, on domain teardown).
+    table is allocated too.  :meth:`unmap` clears leaf entries only: a table
+    it empties stays linked, and is never given back to ``alloc``'s owner.
     """
 
     def __init__(
@@ -133,9 +133,9 @@ class PageTableWriter:
     ) -> None:
         """Map ``length`` bytes at ``iova`` to ``phys`` (all page-aligned) with these rights.
 
-        A page already mapped anywhere in the range is refused (``EEXIST``,
-        as Linux's ``__domain_mapping`` refuses a set PTE) before any entry
-        is written.
+        A page already mapped anywhere in the range is refused (``EEXIST``)
+        before any entry is written; Linux's ``__domain_mapping`` instead
+        keeps the set PTE, warns, and maps the rest.
         """
         pages = self._range(iova, length)
         _page(phys, "physical address")

@@ -54,7 +54,7 @@ class FaultReason(enum.StrEnum):
 
 @attrs.frozen
 class Fault:
-    """One recorded fault."""
+    """One recorded fault; ``iova`` is the faulting page's, as VT-d records it."""
 
     device: str
     iova: int
@@ -134,7 +134,9 @@ class Iommu:
         table = root
         for level in range(LEVELS, 0, -1):
             # Four levels, each one read of 8 bytes: a hostile table cannot make a loop.
-            value = int(ENTRY.unpack(self._ram.read(entry_address(table, iova, level), 8))[0])
+            value = int(
+                ENTRY.unpack(self._ram.read(entry_address(table, iova, level), ENTRY.size))[0]
+            )
             pte = decode_pte(value)
             if not (pte.write if write else pte.read):
                 return FaultReason.WRITE if write else FaultReason.READ
@@ -149,6 +151,9 @@ class Iommu:
         return type(addr) is int and addr >= 0 and addr % PAGE_SIZE == 0 and addr < self._ram.size
 
     def _fault(self, device: str, iova: int, write: bool, reason: FaultReason) -> IommuFaultError:
+        if type(iova) is int and iova >= 0:
+            # VT-d's fault recording registers hold the page (FI, bits 63:12), not the byte.
+            iova &= ~(PAGE_SIZE - 1)
         with self._lock:
             self._faults += 1
             self._log.append(Fault(device, iova, write, reason))
