@@ -242,3 +242,19 @@ class KexecError(LiveUpdateError):
     """A kernel process could not be started, loaded, booted or reached (``ENOEXEC``)."""
 
     errno = _errno.ENOEXEC
+
+
+class IommuFaultError(LiveUpdateError):
+    """A DMA the IOMMU refused: unmapped, not permitted, or a broken page table
+    (``EFAULT``).  ``device``, ``iova``, ``write`` and ``reason`` say which;
+    nothing of the transfer reached memory."""
+
+    errno = _errno.EFAULT
+
+    def __init__(self, device: str, iova: int, *, write: bool, reason: str) -> None:
+        access = "write" if write else "read"
+        super().__init__(f"{device or 'DMA'}: IOMMU fault on {access} at IOVA {iova:#x}: {reason}")
+        self.device = device
+        self.iova = iova
+        self.write = write
+        self.reason = reason

@@ -1,4 +1,4 @@
-"""The emulated hardware: physical memory, register files, device models, the hardware actor.
+"""The emulated hardware: physical memory, the IOMMU, register files, device models, the actor.
 
 Nothing here imports the kernel side: a kernel reaches the hardware only
 through messages and through memory shared by file descriptor.
@@ -14,6 +14,7 @@ from luo_core.platform._hosts import (
     default_host,
     flat_host,
 )
+from luo_core.platform._iommu import DeviceDma, Fault, FaultReason, Iommu
 from luo_core.platform._memory import PhysicalMemory
 from luo_core.platform._models import DeviceContext, DeviceModel, discover_models
 from luo_core.platform._registers import BUS_MASTER, Register, RegisterMap, Registers
@@ -26,10 +27,14 @@ __all__ = [
     "ISA_BRIDGE",
     "PCI_BRIDGE",
     "DeviceContext",
+    "DeviceDma",
     "DeviceModel",
     "DeviceSpec",
+    "Fault",
+    "FaultReason",
     "Hardware",
     "HardwareProcess",
+    "Iommu",
     "Machine",
     "PhysicalMemory",
     "Register",

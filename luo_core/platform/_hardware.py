@@ -29,6 +29,7 @@ from luo_core.abi._machine import Machine
 from luo_core.abi._wire import close_fds as close_fds
 from luo_core.abi._wire import plain
 from luo_core.errors import HardwareError, LiveUpdateError
+from luo_core.platform._iommu import Iommu
 from luo_core.platform._memory import PhysicalMemory
 from luo_core.platform._models import DeviceContext, DeviceModel, ModelRunner, discover_models
 from luo_core.platform._registers import (
@@ -77,6 +78,7 @@ class Hardware:
         machine.check()
         self.machine = machine
         self.ram = PhysicalMemory(machine.memory_size, name="luo-ram")
+        self.iommu = Iommu(self.ram)
         names = list(machine.devices)
         self.mmio = PhysicalMemory(mmio_base(len(names)), name="luo-mmio")
         self._index = {name: at for at, name in enumerate(names)}
@@ -94,7 +96,12 @@ class Hardware:
                 continue
             try:
                 context = DeviceContext(
-                    name, spec.params, self.registers(name), self.config(name), self.ram
+                    name,
+                    spec.params,
+                    self.registers(name),
+                    self.config(name),
+                    self.ram,
+                    self.iommu,
                 )
                 model = model_type(context)
                 model.reset()

@@ -31,6 +31,7 @@ import pluggy
 from luo_core._logging import get_logger
 from luo_core.abi._boot import resolve
 from luo_core.errors import HardwareError
+from luo_core.platform._iommu import DeviceDma, Iommu
 from luo_core.platform._memory import PhysicalMemory
 from luo_core.platform._registers import RegisterMap, Registers
 
@@ -64,7 +65,7 @@ CALL_TIMEOUT = 30.0
 
 
 class DeviceContext:
-    """What a model reaches: its registers, its configuration space, physical memory."""
+    """What a model reaches: its registers, its configuration space, physical memory, DMA."""
 
     def __init__(
         self,
@@ -73,6 +74,7 @@ class DeviceContext:
         regs: Registers,
         config: Registers,
         ram: PhysicalMemory,
+        iommu: Iommu | None = None,
     ) -> None:
         self.name = name
         self.params = dict(params)
@@ -81,7 +83,13 @@ class DeviceContext:
         self.config = config
         """Its configuration space (``command`` holds the bus-master bit)."""
         self.ram = ram
-        """The machine's physical memory, for DMA."""
+        """The machine's physical memory, reached directly (no translation)."""
+        self.iommu = Iommu(ram) if iommu is None else iommu
+        """The machine's IOMMU: its fault count and log."""
+
+    def dma(self, root: int) -> DeviceDma:
+        """DMA as this device, translated through the IOMMU page tables at ``root``."""
+        return DeviceDma(self.iommu, root, self.name)
 
 
 class DeviceModel:
