@@ -258,3 +258,19 @@ class IommuFaultError(LiveUpdateError):
         self.iova = iova
         self.write = write
         self.reason = reason
+
+
+class InterruptRemapFaultError(LiveUpdateError):
+    """An MSI the interrupt-remapping hardware refused: a malformed request, an index
+    beyond the table, an entry not present or with reserved bits, or a posted
+    descriptor outside memory (``EFAULT``).  ``device``, ``index`` (``None`` when
+    the request named none) and ``reason`` say which; nothing was posted."""
+
+    errno = _errno.EFAULT
+
+    def __init__(self, device: str, index: int | None, reason: str) -> None:
+        entry = "" if index is None else f" for IRTE {index}"
+        super().__init__(f"{device or 'MSI'}: interrupt-remapping fault{entry}: {reason}")
+        self.device = device
+        self.index = index
+        self.reason = reason

@@ -1,4 +1,4 @@
-"""The emulated hardware: physical memory, the IOMMU, register files, device models, the actor.
+"""The emulated hardware: memory, the IOMMU, interrupt remapping, registers, models, the actor.
 
 Nothing here imports the kernel side: a kernel reaches the hardware only
 through messages and through memory shared by file descriptor.
@@ -15,6 +15,7 @@ from luo_core.platform._hosts import (
     flat_host,
 )
 from luo_core.platform._iommu import DeviceDma, Fault, FaultReason, Iommu
+from luo_core.platform._irq import Delivery, DeviceMsi, InterruptRemapper, IrFault, IrFaultReason
 from luo_core.platform._memory import PhysicalMemory
 from luo_core.platform._models import DeviceContext, DeviceModel, discover_models
 from luo_core.platform._registers import BUS_MASTER, Register, RegisterMap, Registers
@@ -26,15 +27,20 @@ __all__ = [
     "HOST_BRIDGE",
     "ISA_BRIDGE",
     "PCI_BRIDGE",
+    "Delivery",
     "DeviceContext",
     "DeviceDma",
     "DeviceModel",
+    "DeviceMsi",
     "DeviceSpec",
     "Fault",
     "FaultReason",
     "Hardware",
     "HardwareProcess",
+    "InterruptRemapper",
     "Iommu",
+    "IrFault",
+    "IrFaultReason",
     "Machine",
     "PhysicalMemory",
     "Register",

@@ -30,8 +30,10 @@ from luo_core.abi._wire import close_fds as close_fds
 from luo_core.abi._wire import plain
 from luo_core.errors import HardwareError, LiveUpdateError
 from luo_core.platform._iommu import Iommu
+from luo_core.platform._irq import InterruptRemapper, no_cpu
 from luo_core.platform._memory import PhysicalMemory
 from luo_core.platform._models import DeviceContext, DeviceModel, ModelRunner, discover_models
+from luo_core.platform._posted import Poster
 from luo_core.platform._registers import (
     BAR_OFFSET,
     CONFIG_REGISTERS,
@@ -79,6 +81,8 @@ class Hardware:
         self.machine = machine
         self.ram = PhysicalMemory(machine.memory_size, name="luo-ram")
         self.iommu = Iommu(self.ram)
+        # No CPU is modelled: a notification is counted by the poster and goes no further.
+        self.interrupts = InterruptRemapper(self.ram, Poster(self.ram, no_cpu))
         names = list(machine.devices)
         self.mmio = PhysicalMemory(mmio_base(len(names)), name="luo-mmio")
         self._index = {name: at for at, name in enumerate(names)}
@@ -102,6 +106,7 @@ class Hardware:
                     self.config(name),
                     self.ram,
                     self.iommu,
+                    self.interrupts,
                 )
                 model = model_type(context)
                 model.reset()

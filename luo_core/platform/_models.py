@@ -32,7 +32,9 @@ from luo_core._logging import get_logger
 from luo_core.abi._boot import resolve
 from luo_core.errors import HardwareError
 from luo_core.platform._iommu import DeviceDma, Iommu
+from luo_core.platform._irq import DeviceMsi, InterruptRemapper, no_cpu
 from luo_core.platform._memory import PhysicalMemory
+from luo_core.platform._posted import Poster
 from luo_core.platform._registers import RegisterMap, Registers
 
 log = get_logger("luo.hw")
@@ -65,7 +67,7 @@ CALL_TIMEOUT = 30.0
 
 
 class DeviceContext:
-    """What a model reaches: its registers, its configuration space, physical memory, DMA."""
+    """What a model reaches: its registers, its configuration space, physical memory, DMA, MSIs."""
 
     def __init__(
         self,
@@ -75,6 +77,7 @@ class DeviceContext:
         config: Registers,
         ram: PhysicalMemory,
         iommu: Iommu | None = None,
+        interrupts: InterruptRemapper | None = None,
     ) -> None:
         self.name = name
         self.params = dict(params)
@@ -86,10 +89,18 @@ class DeviceContext:
         """The machine's physical memory, reached directly (no translation)."""
         self.iommu = Iommu(ram) if iommu is None else iommu
         """The machine's IOMMU: its fault count and log."""
+        self.interrupts = (
+            InterruptRemapper(ram, Poster(ram, no_cpu)) if interrupts is None else interrupts
+        )
+        """The machine's interrupt remapping: its poster, fault count and log."""
 
     def dma(self, root: int) -> DeviceDma:
         """DMA as this device, translated through the IOMMU page tables at ``root``."""
         return DeviceDma(self.iommu, root, self.name)
+
+    def msi(self, table: int, entries: int) -> DeviceMsi:
+        """MSIs as this device, remapped through the ``entries``-entry table at ``table``."""
+        return DeviceMsi(self.interrupts, table, entries, self.name)
 
 
 class DeviceModel:
