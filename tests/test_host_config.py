@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from luo_core.cli import main
 from luo_core.errors import HostConfigError, MachineError
 from luo_core.platform import (
     DEFAULT_HOST_TOML,
@@ -19,6 +23,7 @@ from luo_core.platform import (
     default_host,
     load_host,
 )
+from tests.journal import one_error
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "hosts.rst"
 
@@ -343,3 +348,61 @@ def test_any_text_loads_or_is_one_typed_line(source: str) -> None:
 @given(st.binary(max_size=200))
 def test_any_bytes_load_or_are_one_typed_line(source: bytes) -> None:
     _loads_or_one_line(source)
+
+
+# -- luo demo --config -----------------------------------------------------------
+
+
+def test_demo_runs_the_host_a_file_describes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "host.toml"
+    path.write_text(documented_example())
+    assert main(["demo", "--inproc", "--json", "--config", str(path)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert [d["name"] for d in summary["devices"]] == list(
+        load_host(path.read_text()).machine.devices
+    )
+    assert set(summary["nics"]) == {"0000:01:00.0", "0000:02:00.0", "0000:03:00.0", "0000:03:00.1"}
+    assert summary["liveupdate_number"] == 1  # updates = 3 is not run yet
+
+
+def test_demo_reads_a_host_file_from_stdin(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stdin = io.TextIOWrapper(io.BytesIO(BASE.encode()))
+    monkeypatch.setattr("sys.stdin", stdin)
+    assert main(["demo", "--inproc", "--config", "-"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("luo demo: live update #1 of the host in <stdin> (in this process)")
+    assert re.search(r"0000:01:00\.0 .* preserved, reclaimed", out)
+    # The kernel, too, preserves only a device alone in its IOMMU group.
+    assert re.search(r"0000:02:00\.1 .* not preserved: it shares IOMMU group 40", out)
+
+
+def test_demo_refuses_a_bad_host_file_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "host.toml"
+    path.write_text(BASE + vm(devices='"0000:09:00.0"'))
+    assert one_error(["demo", "--config", str(path)], capsys) == (
+        f"luo demo: error: {path}: vm[0].devices[0]: no device '0000:09:00.0'"
+    )
+
+
+def test_demo_refuses_what_is_no_regular_file_or_too_large_before_reading(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.toml"
+    with big.open("wb") as f:
+        f.truncate(MAX_HOST_BYTES + 1)  # sparse: costs no disk
+    for name, cause in [
+        ("/dev/zero", "a character device, not a regular file"),
+        (str(fifo), "a named pipe, not a regular file"),
+        (str(tmp_path), "a directory, not a regular file"),
+        (str(big), f"{MAX_HOST_BYTES + 1} bytes, larger than a host file (at most 1 MiB)"),
+        (str(tmp_path / "missing.toml"), "No such file or directory"),
+    ]:
+        assert one_error(["demo", "--config", name], capsys) == f"luo demo: error: {name}: {cause}"
