@@ -167,6 +167,11 @@ class MachineError(LiveUpdateError, ValueError):
     """The machine description is inconsistent (unknown parent, bad BDF...) (``EINVAL``)."""
 
 
+class HostConfigError(MachineError):
+    """A host file is refused: ``str(error)`` names the file, the TOML path in it
+    (``vm[1].devices[0]``) and the cause (``EINVAL``)."""
+
+
 class SchemaError(LiveUpdateError):
     """A state class is declared wrongly, or a record does not fit this reader's schema.
 

@@ -9,12 +9,9 @@ from luo_core.cli._args import UsageError, check_writable, dumps, output_file, p
 from luo_core.cli._input import (
     STDIN,
     STDIN_SHOWN,
-    open_regular,
     printable,
-    read_upto,
+    read_file,
     shown,
-    stdin_bytes,
-    too_big,
 )
 from luo_core.errors import ManifestError, PluginError
 from luo_core.kernel._preflight import (
@@ -132,13 +129,7 @@ def read_manifest(name: str) -> Manifest:
     def refuse(reason: str) -> ManifestError:
         return ManifestError(f"{where}: {reason}")
 
-    if name == STDIN:
-        data = read_upto(stdin_bytes(refuse), MAX_MANIFEST_BYTES + 1)
-    else:
-        with open_regular(name, MAX_MANIFEST_BYTES, refuse, largest=_LARGEST) as stream:
-            data = read_upto(stream, MAX_MANIFEST_BYTES + 1)  # a file may have grown since
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise refuse(too_big(len(data), _LARGEST))
+    data = read_file(name, MAX_MANIFEST_BYTES, refuse, largest=_LARGEST)
     return load_manifest(data, where)
 
 

@@ -1,4 +1,4 @@
-"""``luo demo``: a live update of the built-in host, told step by step.
+"""``luo demo``: a live update of the built-in host (or a host file's), told step by step.
 
 By default every actor is a process of its own: the hardware powers on first
 (its NICs receive frames from their links all along), the first kernel boots
@@ -21,6 +21,7 @@ from typing import Any
 import attrs
 
 from luo_core.abi._boot import MAX_WORKERS, KernelConfig
+from luo_core.abi._machine import Machine
 from luo_core.abi._stats import UpdateStats
 from luo_core.cli._args import (
     Progress,
@@ -34,12 +35,20 @@ from luo_core.cli._args import (
     paragraph,
 )
 from luo_core.cli._args import mac_address as mac_address  # re-exported: tests import it here
-from luo_core.errors import DeviceError, NotFoundError
+from luo_core.cli._input import read_file, shown
+from luo_core.errors import DeviceError, HostConfigError, NotFoundError
 from luo_core.kexec import KernelProcess
-from luo_core.platform import EXAMPLE_NIC, Hardware, HardwareProcess, default_host
+from luo_core.platform import (
+    DEFAULT_HOST_TOML,
+    EXAMPLE_NIC,
+    MAX_HOST_BYTES,
+    Hardware,
+    HardwareProcess,
+    HostConfig,
+    load_host,
+)
 
-RX_PPS = 100_000
-"""Frames per second each NIC of the demo host receives from its link."""
+BUILT_IN = "the built-in host"
 
 Say = Callable[[str], None]
 
@@ -68,11 +77,15 @@ def add_parser(verbs: Any) -> None:
             "it: the process ids, the packs, the device tree with each device's fate, the "
             "frames each NIC received across the kexec, each phase's duration and the "
             "blackout.  The hardware and each kernel run in processes of their own unless "
-            "--inproc is given.  On a terminal, stderr shows which step is running."
+            "--inproc is given.  On a terminal, stderr shows which step is running.  "
+            "--config runs the host a host file describes instead (memory, devices, their "
+            "rates); its updates and [[vm]] entries are checked but not run yet: the demo "
+            "runs one update, without VMs."
         ),
         epilog=(
             "examples:\n"
             "  luo demo\n"
+            "  luo demo --config host.toml           # see 'Host descriptions' in the docs\n"
             "  luo demo --json --trace trace.json    # then open trace.json in Perfetto\n"
             "  luo demo --save-handoff h.luo && luo inspect h.luo"
         ),
@@ -80,6 +93,13 @@ def add_parser(verbs: Any) -> None:
     )
     parser.add_argument(
         "--json", action="store_true", help="print a JSON summary instead of text (default: text)"
+    )
+    parser.add_argument(
+        "--config",
+        type=non_empty,
+        metavar="FILE",
+        help=f"the host file to run, at most {MAX_HOST_BYTES >> 20} MiB; - reads stdin "
+        "(default: the built-in host)",
     )
     parser.add_argument(
         "--trace",
@@ -115,7 +135,21 @@ def _nic_counters(hardware: Hardware | HardwareProcess, names: list[str]) -> dic
     return {name: hardware.control(name, "counters") for name in names}
 
 
+def read_host(name: str | None) -> HostConfig:
+    """Host file ``name`` (``-``: stdin), or the built-in host for ``None``."""
+    if name is None:
+        return load_host(DEFAULT_HOST_TOML, BUILT_IN)
+    where = shown(name)
+
+    def refuse(reason: str) -> HostConfigError:
+        return HostConfigError(f"{where}: {reason}")
+
+    largest = f"a host file (at most {MAX_HOST_BYTES >> 20} MiB)"
+    return load_host(read_file(name, MAX_HOST_BYTES, refuse, largest=largest), where)
+
+
 def run_process(
+    machine: Machine,
     workers: int = 1,
     save_handoff: Path | None = None,
     next_python: str | None = None,
@@ -123,7 +157,6 @@ def run_process(
     progress: Say = _quiet,
 ) -> tuple[UpdateStats, dict[str, Any]]:
     """The demo with the hardware and every kernel in processes of their own."""
-    machine = default_host(rx_pps=RX_PPS)
     nics = [n for n, d in machine.devices.items() if d.compatible == EXAMPLE_NIC]
     config = KernelConfig(workers=workers)
     progress("powering on the hardware")
@@ -161,13 +194,12 @@ def run_process(
 
 
 def run_inproc(
-    workers: int = 1, save_handoff: Path | None = None, progress: Say = _quiet
+    machine: Machine, workers: int = 1, save_handoff: Path | None = None, progress: Say = _quiet
 ) -> tuple[UpdateStats, dict[str, Any]]:
     """The demo with both kernels in this process (the hardware's models run on threads)."""
     from luo_core.abi import save_image
     from luo_core.kernel._kernel import Kernel
 
-    machine = default_host(rx_pps=RX_PPS)
     nics = [n for n, d in machine.devices.items() if d.compatible == EXAMPLE_NIC]
     progress("powering on the hardware")
     with Hardware(machine) as hardware:
@@ -324,13 +356,14 @@ def run(args: argparse.Namespace) -> int:
     for path in (args.trace, args.save_handoff):
         if path is not None:
             check_writable(path)  # before the update, not after it
+    machine = read_host(args.config).machine
     with Progress("demo") as progress:
         if args.inproc:
-            stats, summary = run_inproc(args.workers, args.save_handoff, progress)
+            stats, summary = run_inproc(machine, args.workers, args.save_handoff, progress)
         else:
             level = log_level(args.log_verbosity)
             stats, summary = run_process(
-                args.workers, args.save_handoff, args.next_python, level, progress
+                machine, args.workers, args.save_handoff, args.next_python, level, progress
             )
     written = []
     if args.trace:
@@ -350,10 +383,11 @@ def run(args: argparse.Namespace) -> int:
         if summary["kexec"] == "process"
         else "in this process"
     )
-    print(f"luo demo: live update #{summary['liveupdate_number']} of the built-in host ({where})")
+    host = BUILT_IN if args.config is None else f"the host in {shown(args.config)}"
+    print(f"luo demo: live update #{summary['liveupdate_number']} of {host} ({where})")
     print("packs: " + "; ".join(" ".join(filter(None, p.values())) for p in summary["packs"]))
     print("devices:")
-    parents = {name: spec.parent for name, spec in default_host().devices.items()}
+    parents = {name: spec.parent for name, spec in machine.devices.items()}
     print("\n".join(_tree_lines(summary, parents)))
     phases = summary["phases"]
     print(

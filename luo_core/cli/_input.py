@@ -1,7 +1,7 @@
 """Files and stdin named on the command line, read with bounds.
 
-Every verb that reads a file a user names (``luo inspect``, ``luo compat``)
-opens it here: anything that is not a regular file, and a file larger than
+Every verb that reads a file a user names (``luo inspect``, ``luo compat``,
+``luo demo --config``) opens it here: anything that is not a regular file, and a file larger than
 the verb's limit, is refused before a byte is read; a file that grows while
 it is read, and stdin, are read no further than the limit allows.
 """
@@ -98,3 +98,16 @@ def open_regular(
 def too_big(size: int, largest: str) -> str:
     """The reason a ``size``-byte input is refused."""
     return f"{size} bytes, larger than {largest}"
+
+
+def read_file(name: str, limit: int, refuse: Callable[[str], Exception], *, largest: str) -> bytes:
+    """All of file ``name`` (``-``: stdin), at most ``limit`` bytes, checked as
+    :func:`open_regular` does; a file or stdin that turns out longer is refused."""
+    if name == STDIN:
+        blob = read_upto(stdin_bytes(refuse), limit + 1)
+    else:
+        with open_regular(name, limit, refuse, largest=largest) as stream:
+            blob = read_upto(stream, limit + 1)  # a file may have grown since its size was seen
+    if len(blob) > limit:
+        raise refuse(too_big(len(blob), largest))
+    return blob

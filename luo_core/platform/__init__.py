@@ -6,7 +6,9 @@ through messages and through memory shared by file descriptor.
 
 from luo_core.abi._machine import DeviceSpec, Machine
 from luo_core.platform._hardware import Hardware
+from luo_core.platform._hostconfig import MAX_HOST_BYTES, HostConfig, VmSpec, load_host
 from luo_core.platform._hosts import (
+    DEFAULT_HOST_TOML,
     EXAMPLE_NIC,
     HOST_BRIDGE,
     ISA_BRIDGE,
@@ -23,9 +25,11 @@ from luo_core.platform._server import HardwareProcess
 
 __all__ = [
     "BUS_MASTER",
+    "DEFAULT_HOST_TOML",
     "EXAMPLE_NIC",
     "HOST_BRIDGE",
     "ISA_BRIDGE",
+    "MAX_HOST_BYTES",
     "PCI_BRIDGE",
     "Delivery",
     "DeviceContext",
@@ -37,6 +41,7 @@ __all__ = [
     "FaultReason",
     "Hardware",
     "HardwareProcess",
+    "HostConfig",
     "InterruptRemapper",
     "Iommu",
     "IrFault",
@@ -46,7 +51,9 @@ __all__ = [
     "Register",
     "RegisterMap",
     "Registers",
+    "VmSpec",
     "default_host",
     "discover_models",
     "flat_host",
+    "load_host",
 ]

@@ -1,4 +1,4 @@
-"""Ready-made machines: the demo host and a flat host of many devices."""
+"""Ready-made machines: the demo host (also as a host file) and a flat host of many devices."""
 
 from __future__ import annotations
 
@@ -9,6 +9,58 @@ EXAMPLE_NIC = "luo,example-nic"
 HOST_BRIDGE = "pci-host-bridge"
 PCI_BRIDGE = "pci-bridge"
 ISA_BRIDGE = "pci8086,7000"
+
+DEFAULT_HOST_TOML = """\
+# The host luo demo runs: default_host(rx_pps=100_000) as a host file.
+memory = "1G"
+scratch = "16M"
+updates = 1
+
+[[device]]
+name = "pci0000:00"
+compatible = "pci-host-bridge"
+
+[[device]]
+name = "0000:00:01.0"
+bus = "pci"
+compatible = "pci-bridge"
+parent = "pci0000:00"
+
+[[device]]
+name = "0000:00:02.0"
+bus = "pci"
+compatible = "pci-bridge"
+parent = "pci0000:00"
+
+[[device]]          # an ISA bridge: its driver has no live-update callbacks
+name = "0000:00:1f.0"
+bus = "pci"
+compatible = "pci8086,7000"
+parent = "pci0000:00"
+
+[[device]]
+name = "0000:01:00.0"
+bus = "pci"
+compatible = "luo,example-nic"
+parent = "0000:00:01.0"
+params = { rx_pps = 100_000 }
+
+[[device]]
+name = "0000:01:00.1"
+bus = "pci"
+compatible = "luo,example-nic"
+parent = "0000:00:01.0"
+params = { rx_pps = 100_000 }
+
+[[device]]
+name = "0000:02:00.0"
+bus = "pci"
+compatible = "luo,example-nic"
+parent = "0000:00:02.0"
+params = { rx_pps = 100_000 }
+"""
+"""The host ``luo demo`` runs by default, as a host file: :func:`default_host` with
+100 000 frames per second arriving at each NIC."""
 
 
 def default_host(rx_pps: int = 0) -> Machine:
