@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 from luo_core.abi import MemRange, read_root, unseal
 from luo_core.abi._boot import BootParams, KernelConfig, PluginFactory
+from luo_core.abi._kho import HandedOver
 from luo_core.abi._luo import KHO_ENTRY
 from luo_core.abi._machine import Machine
 from luo_core.abi._stats import UpdateStats
@@ -178,6 +179,12 @@ class Kernel(Jump, Restore, SessionsApi):
     def subsystems(self) -> dict[str, Subsystem]:
         """Registered subsystem participants, in registration order."""
         return dict(self._subsystems)
+
+    @property
+    def kho_in(self) -> HandedOver | None:
+        """The KHO root the previous kernel left, as read at boot, until ``finish``
+        releases it (``None`` after a cold boot or a plain kexec)."""
+        return self._handed
 
     def handed_over(self, kind: str, name: str) -> object | None:
         """What the previous kernel preserved for a participant, until ``finish``:
