@@ -342,13 +342,11 @@ class Luo:
     def publish(self, liveupdate_number: int) -> None:
         """Write the sessions, their files and the FLBs, and the ``LUO`` entry, into KHO."""
         frozen = self._frozen or []
-        out = self.outgoing_memory
         sessions = []
         for session, files in frozen:
-            phys = out.alloc_preserve(len(files) * FILE_SER.size) if files else 0
             if files:
-                self.memory.write(phys, pack_files(files))
-            sessions.append(SessionSer(session.name, phys, len(files)))
+                self.memory.write(session.files.array, pack_files(files))
+            sessions.append(SessionSer(session.name, session.files.array, len(files)))
         flbs = self.flbs.serialize()
         pages = -(-flbs_size(len(flbs)) // self.memory.PAGE_SIZE)
         header, flb_header = self._headers(pack_sessions(sessions), pack_flbs(flbs, pages))

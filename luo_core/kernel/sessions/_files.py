@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from luo_core.abi._luo import FileSer
+from luo_core.abi._luo import FILE_SER, FileSer
 from luo_core.errors import BadFileError, BusyError, ExistsError, LiveUpdateError, NotFoundError
 from luo_core.kernel.sessions._fileid import PreservedFiles
 from luo_core.kernel.sessions._flb import Flbs
@@ -56,6 +56,10 @@ class FileSet:
         incoming: Incoming | None = None,
     ) -> None:
         self.files: list[LuoFile] = []
+        self.array = 0
+        """Where the ``luo_file_ser`` array goes at kexec: preserved pages sized as files
+        are preserved (``luo_alloc_files_mem``), so that kexec only writes into them."""
+        self._array_size = 0
         self._flbs = flbs
         self._preserved = preserved  # by any session: a file is preserved once
         self._out = outgoing
@@ -83,6 +87,7 @@ class FileSet:
             earlier = self._preserved.find(own, file_id)
             if earlier is not None:
                 raise BusyError(f"fd {fd} is already preserved (token {earlier.token:#x})")
+            self._grow_array(len(self.files) + 1)
             self._flbs.file_preserve(fh)
             try:
                 data = fh.ops.preserve(file)
@@ -92,6 +97,7 @@ class FileSet:
                 raise
         except BaseException:
             os.close(own)
+            self._grow_array(len(self.files))
             raise
         luo_file = LuoFile(fh, token, handle, file, data)
         self._preserved.add(own, file_id, luo_file)
@@ -107,6 +113,19 @@ class FileSet:
             self._out.drop(f.fh.schema, f.handle)
             self._preserved.remove(f)
             os.close(_held(f).fd)
+        self._grow_array(0)
+
+    def _grow_array(self, count: int) -> None:
+        """Preserved pages for ``count`` entries, exactly (none for none): the next
+        kernel frees what the entries cover, so no page is left over."""
+        page = self._out.memory.PAGE_SIZE
+        size = -(-count * FILE_SER.size // page) * page
+        if size == self._array_size:
+            return
+        if self.array:
+            self._out.unpreserve_free(self.array)
+        self.array = self._out.alloc_preserve(size) if size else 0
+        self._array_size = size
 
     def freeze(self) -> list[FileSer]:
         """``luo_file_freeze``: each file in order; on a failure the earlier ones are

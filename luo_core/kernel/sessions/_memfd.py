@@ -53,8 +53,7 @@ class MemfdOps(FileHandlerOps):
     def __init__(self, outgoing: Outgoing, incoming: Incoming | None) -> None:
         self._out = outgoing
         self._in = incoming
-        self._frozen_sizes: dict[int, int] = {}
-        self._pages: dict[int, tuple[int, int]] = {}  # ser -> (folio pages, folio array)
+        self._held: dict[int, tuple[int, int, int]] = {}  # ser -> (size, pages, folio array)
 
     @property
     def page(self) -> int:
@@ -81,8 +80,7 @@ class MemfdOps(FileHandlerOps):
                 ),
             )
         out.memory.write(ser, MEMFD_SER.pack(pos, size, nr, folios))
-        self._frozen_sizes[ser] = size
-        self._pages[ser] = (pages, folios)
+        self._held[ser] = (size, pages, folios)
         # Copied now too, while the workload runs: the pages are then in place, and
         # freeze's copy costs a memcpy, not a page fault per page.
         self._copy(file.fd, pages, size)
@@ -94,13 +92,12 @@ class MemfdOps(FileHandlerOps):
                 self._out.memory.write(pages, memoryview(contents))
 
     def freeze(self, file: LiveFile, data: Any) -> None:
-        size = self._frozen_sizes[data]
+        size, pages, folios = self._held[data]
         now = os.fstat(file.fd).st_size
         if now != size:
             raise LiveUpdateError(
                 f"memfd resized while preserved ({size} -> {now} bytes)", errno=errno.EPERM
             )
-        pages, folios = self._pages[data]
         self._copy(file.fd, pages, size)
         pos = os.lseek(file.fd, 0, os.SEEK_CUR)
         nr = -(-size // self.page)
@@ -108,8 +105,7 @@ class MemfdOps(FileHandlerOps):
         return None
 
     def unpreserve(self, file: LiveFile, data: Any) -> None:
-        pages, folios = self._pages.pop(data)
-        self._frozen_sizes.pop(data)
+        _, pages, folios = self._held.pop(data)
         for phys in (pages, folios):
             if phys:
                 self._out.unpreserve_free(phys)
