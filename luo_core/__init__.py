@@ -29,6 +29,7 @@ from luo_core.kernel._kernel import Kernel
 from luo_core.kernel._records import (
     Bus,
     BusOps,
+    Command,
     DeviceDriver,
     DeviceDriverOps,
     Subsystem,
@@ -50,6 +51,7 @@ from luo_core.platform import Machine
 __all__ = [
     "Bus",
     "BusOps",
+    "Command",
     "Device",
     "DeviceDriver",
     "DeviceDriverOps",

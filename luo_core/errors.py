@@ -111,6 +111,23 @@ class CallbackError(LiveUpdateError):
         self.phase = phase
 
 
+class CommandError(LiveUpdateError):
+    """A pack's command failed with an error that is not a :class:`LiveUpdateError`.
+
+    ``errno`` is the cause's when it is an :class:`OSError`, else ``EIO``.
+    """
+
+    errno = _errno.EIO
+
+    def __init__(self, command: str, cause: BaseException) -> None:
+        errno = getattr(cause, "errno", None)
+        super().__init__(
+            f"command {command} failed: {type(cause).__name__}: {cause}",
+            errno=errno if isinstance(errno, int) else None,
+        )
+        self.command = command
+
+
 class CallbackTimeoutError(LiveUpdateError):
     """A callback ran past the kernel's ``callback_timeout`` (``ETIMEDOUT``)."""
 

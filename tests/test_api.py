@@ -15,6 +15,7 @@ PUBLIC = {
     "Session",
     "Bus",
     "BusOps",
+    "Command",
     "Device",
     "DeviceDriver",
     "DeviceDriverOps",

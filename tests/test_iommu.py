@@ -17,6 +17,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from luo_core import hookimpl
+from luo_core.abi._dmar import (
+    PAIR,
+    ContextEntry,
+    decode_context_entry,
+    decode_root_entry,
+    encode_root_entry,
+    requester_id,
+)
 from luo_core.abi._iopgtable import (
     ENTRY,
     IOVA_BITS,
@@ -38,6 +46,7 @@ from luo_core.platform import (
     Iommu,
     Machine,
     PhysicalMemory,
+    Requester,
 )
 
 PAGES = 64
@@ -436,5 +445,134 @@ def test_a_device_model_does_dma_through_the_machines_iommu() -> None:
         assert hw.ram.read(0x9FFF, 1) == b"k"
         assert hw.iommu.faults == 1
         assert hw.iommu.fault_log == [Fault("dma0", 0x2000, True, FaultReason.WRITE)]
+    finally:
+        hw.close()
+
+
+# -- root and context tables: a PCI function's DMA ---------------------------------
+
+
+def test_a_requester_id_is_bus_device_function() -> None:
+    """PCI_DEVID / PCI_DEVFN: bus in bits 15:8, device 7:3, function 2:0."""
+    assert requester_id("0000:01:00.0") == 0x100
+    assert requester_id("0000:3a:1f.7") == 0x3A << 8 | 0x1F << 3 | 7
+    for name in ("dma0", "pci0000:00", "0000:01:20.0", "0000:01:00.8", "0000:1:00.0"):
+        assert requester_id(name) is None
+
+
+def test_root_and_context_entries_are_laid_out_as_linux_writes_them() -> None:
+    """``drivers/iommu/intel/iommu.h``: ``context_set_present`` (lo bit 0),
+    ``context_set_translation_type`` (lo bits 3:2), ``context_set_address_root``
+    (lo bits 63:12), ``context_set_address_width`` (hi bits 2:0),
+    ``context_set_domain_id`` (hi bits 23:8); a root entry's lo is the context
+    table's address | 1 (``root_entry_lctp``)."""
+    lo, hi = PAIR.unpack(ContextEntry(pgtable=0x1234_5000, domain_id=0xBEEF).encode())
+    assert (lo, hi) == (0x1234_5001, 0xBEEF << 8 | 2)
+    assert decode_context_entry(PAIR.pack(lo, hi)) == ContextEntry(0x1234_5000, 0xBEEF)
+    assert decode_context_entry(PAIR.pack(lo & ~1, hi)) is None
+    assert PAIR.unpack(encode_root_entry(0x7000)) == (0x7001, 0)
+    assert decode_root_entry(encode_root_entry(0x7000)) == 0x7000
+    assert decode_root_entry(encode_root_entry(None)) is None
+
+
+def attach(mem: PhysicalMemory, root_table: int, rid: int, entry: bytes, ctx: int) -> None:
+    """Point ``rid``'s bus at the context table ``ctx`` and write its context entry."""
+    mem.write(root_table + (rid >> 8) * 16, encode_root_entry(ctx))
+    mem.write(ctx + (rid & 0xFF) * 16, entry)
+
+
+def test_a_pci_function_dma_goes_through_its_context_entry(
+    mem: PhysicalMemory, tables: PageTableWriter
+) -> None:
+    iommu = Iommu(mem)
+    tables.map(0x4000, 0x9000, PAGE_SIZE)
+    root_table, ctx = 20 * PAGE_SIZE, 21 * PAGE_SIZE
+    rid = requester_id("0000:01:00.1")
+    attach(mem, root_table, rid or 0, ContextEntry(tables.root, 7).encode(), ctx)
+    nic = Requester(rid)
+    with pytest.raises(IommuFaultError, match="DMA remapping is not enabled"):
+        iommu.dma_write(nic, 0x4000, b"x", device="nic")
+    iommu.set_root_table(root_table)
+    iommu.dma_write(nic, 0x4010, b"hello", device="nic")
+    assert mem.read(0x9010, 5) == b"hello"
+    assert iommu.dma_read(nic, 0x4010, 5) == b"hello"
+    # Another function on the same bus has no context entry; another bus no root entry.
+    with pytest.raises(IommuFaultError, match="context entry not present"):
+        iommu.dma_write(Requester(requester_id("0000:01:00.0")), 0x4000, b"x", device="f0")
+    with pytest.raises(IommuFaultError, match="root entry not present"):
+        iommu.dma_write(Requester(requester_id("0000:02:00.1")), 0x4000, b"x", device="b2")
+    with pytest.raises(IommuFaultError, match="no PCI requester id"):
+        iommu.dma_write(Requester(None), 0x4000, b"x", device="dma0")
+    assert iommu.faults == 4
+    assert mem.read(0x9000, 1) == b"\0"
+    iommu.set_root_table(None)
+    with pytest.raises(IommuFaultError, match="not enabled"):
+        iommu.dma_read(nic, 0x4010, 5)
+
+
+@pytest.mark.parametrize(
+    ("lo_extra", "hi", "why"),
+    [
+        (1 << 2, 2, "type"),  # translation type 1: device-TLB, not modelled
+        (1 << 4, 2, "reserved"),  # lo bits 11:4 are reserved
+        (0, 3, "width"),  # 57-bit, 5-level
+    ],
+)
+def test_an_invalid_context_entry_is_a_fault(
+    mem: PhysicalMemory, tables: PageTableWriter, lo_extra: int, hi: int, why: str
+) -> None:
+    """QEMU ``vtd_dev_to_context_entry``: reserved bits (``VTD_FR_CONTEXT_ENTRY_RSVD``),
+    an unsupported type or width (``VTD_FR_CONTEXT_ENTRY_INV``)."""
+    iommu = Iommu(mem)
+    tables.map(0x4000, 0x9000, PAGE_SIZE)
+    root_table, ctx = 20 * PAGE_SIZE, 21 * PAGE_SIZE
+    attach(mem, root_table, 0x100, PAIR.pack(tables.root | 1 | lo_extra, hi), ctx)
+    iommu.set_root_table(root_table)
+    with pytest.raises(IommuFaultError, match="context entry reserved bits"):
+        iommu.dma_write(Requester(0x100), 0x4000, b"x")
+    assert iommu.fault_log[-1].reason is FaultReason.CONTEXT_INVALID
+
+
+def test_a_root_table_outside_memory_is_refused(mem: PhysicalMemory) -> None:
+    iommu = Iommu(mem)
+    for bad in (mem.size, 0x123, -PAGE_SIZE):
+        with pytest.raises(InvalidArgumentError):
+            iommu.set_root_table(bad)
+    assert iommu.root_table is None
+
+
+@settings(max_examples=150, deadline=None)
+@given(garbage=st.binary(min_size=32, max_size=32), rid=st.integers(0, 0xFFFF))
+def test_garbage_root_and_context_tables_fault_or_translate_inside_memory(
+    garbage: bytes, rid: int
+) -> None:
+    with PhysicalMemory(PAGES * PAGE_SIZE) as mem:
+        iommu = Iommu(mem)
+        root_table = 20 * PAGE_SIZE
+        mem.write(root_table + (rid >> 8) * 16, garbage[:16])
+        mem.write(21 * PAGE_SIZE + (rid & 0xFF) * 16, garbage[16:])
+        iommu.set_root_table(root_table)
+        try:
+            phys = iommu.translate(Requester(rid), 0, write=False)
+        except IommuFaultError:
+            assert iommu.faults == 1
+        else:
+            assert 0 <= phys < mem.size
+
+
+def test_a_device_model_without_a_root_argument_uses_its_requester_id() -> None:
+    machine = Machine(memory_size=1 << 22, scratch_size=1 << 20)
+    machine.add("pci0000:00", compatible="pci-host-bridge")
+    machine.add_pci("0000:00:03.0", compatible=DMA_DEVICE, parent="pci0000:00")
+    hw = Hardware(machine, models=[DmaModels()], discover=False)
+    try:
+        tables = PageTableWriter(hw.ram, allocator(first=512))
+        tables.map(0x1000, 0x9000, PAGE_SIZE)
+        attach(
+            hw.ram, 600 * PAGE_SIZE, 0x18, ContextEntry(tables.root, 1).encode(), 601 * PAGE_SIZE
+        )
+        hw.iommu.set_root_table(600 * PAGE_SIZE)
+        hw.control("0000:00:03.0", "send", {"root": None, "iova": 0x1000, "data": b"rid"})
+        assert hw.ram.read(0x9000, 3) == b"rid"
     finally:
         hw.close()

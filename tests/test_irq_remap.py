@@ -262,6 +262,25 @@ def test_a_posted_entry_sets_the_pir_bit_and_notifies_once_until_drained(m: Benc
     assert m.poster.posted == 4
 
 
+def test_the_enabled_table_is_what_an_msi_without_a_table_goes_through(m: Bench) -> None:
+    """IRTA with GCMD.IRE: a device names no table; the remapping unit holds it."""
+    m.entry(5, PostedIrte(vector=0x31, pda=DESC).encode())
+    msi = DeviceMsi(m.remapper, None, 0, "nic0")
+    with pytest.raises(InterruptRemapFaultError, match="interrupt remapping is not enabled"):
+        msi.raise_(5)
+    assert m.remapper.fault_log[-1] == IrFault("nic0", None, IrFaultReason.DISABLED)
+    m.remapper.set_table(TABLE, ENTRIES)
+    assert m.remapper.table == (TABLE, ENTRIES)
+    assert msi.raise_(5) == Delivery(5, 0x31, posted=True, notified=True)
+    for phys, entries in ((TABLE + 8, ENTRIES), (TABLE, 3), (PAGES * PAGE, 2), (TABLE, 1 << 17)):
+        with pytest.raises(InvalidArgumentError):
+            m.remapper.set_table(phys, entries)
+    assert m.remapper.table == (TABLE, ENTRIES)
+    m.remapper.set_table(None)
+    with pytest.raises(InterruptRemapFaultError):
+        msi.raise_(5)
+
+
 def test_sn_suppresses_the_notification_and_keeps_the_bit(m: Bench) -> None:
     m.entry(0, PostedIrte(vector=0x20, pda=DESC).encode())
     owner = AtomicWords(m.mem.view(DESC, PI_DESC_SIZE))

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import pluggy
 
-from luo_core.kernel._records import Bus, DeviceDriver, Subsystem
+from luo_core.kernel._records import Bus, Command, DeviceDriver, Subsystem
 from luo_core.kernel.sessions._records import FileHandler
 from luo_core.platform._models import PROJECT as PROJECT
 
@@ -175,6 +175,29 @@ class LuoSpec:
             >>> fd = new.open_liveupdate().retrieve_session("app").retrieve_fd(1)
             >>> os.read(fd, 100)
             b'in flight'
+        """
+
+    @hookspec
+    def luo_commands(self, kernel: Kernel | None) -> Iterable[Command]:  # type: ignore[empty-body]
+        """Register programs that run in the kernel's userspace (a VMM, an agent).
+
+        Called once per kernel boot; a name claimed by two packs is an error
+        naming both.  The operator runs a command by name with a map of plain
+        data, in this process or across processes, and gets plain data back:
+        this is how a host's userspace (which luo does not model as processes
+        of its own) creates VMs, preserves their files before an update and
+        takes them back after it.
+
+        Example::
+
+            >>> from luo_core import Command, Kernel, Machine, hookimpl
+            >>> class EchoPack:
+            ...     @hookimpl
+            ...     def luo_commands(self, kernel):
+            ...         yield Command("echo", lambda args: {"got": args["text"]})
+            >>> kernel = Kernel.boot(Machine(), plugins=[EchoPack], discover=False)
+            >>> kernel.command("echo", {"text": "hi"})
+            {'got': 'hi'}
         """
 
     @hookspec

@@ -10,7 +10,8 @@ enumerates the devices; then it restores what was handed over, or probes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from luo_core.abi import MemRange, read_root, unseal
 from luo_core.abi._boot import BootParams, KernelConfig, PluginFactory
@@ -18,7 +19,8 @@ from luo_core.abi._kho import HandedOver
 from luo_core.abi._luo import KHO_ENTRY
 from luo_core.abi._machine import Machine
 from luo_core.abi._stats import UpdateStats
-from luo_core.errors import ExistsError, NotFoundError
+from luo_core.abi._wire import plain
+from luo_core.errors import CommandError, ExistsError, LiveUpdateError, NotFoundError
 from luo_core.kernel._handover import boot_allocator, claim_memory, kho_owned, read_records
 from luo_core.kernel._hwlink import HardwareLink
 from luo_core.kernel._jump import META_KEY, Jump
@@ -174,6 +176,25 @@ class Kernel(Jump, Restore, SessionsApi):
         from luo_core.kexec import kexec
 
         return kexec(self, config, check_leaks=check_leaks, during_blackout=during_blackout)
+
+    def command(self, name: str, args: Mapping[str, Any] | None = None) -> object:
+        """Run the pack command ``name`` (``luo_commands``) with ``args``; its plain-data result.
+
+        ``ENOENT`` for an unknown command.  A command's own
+        :class:`~luo_core.errors.LiveUpdateError` reaches the caller as it is;
+        any other exception becomes a :class:`~luo_core.errors.CommandError`.
+        """
+        self._alive()
+        found = self.registry.commands.get(name)
+        if found is None:
+            known = ", ".join(sorted(self.registry.commands)) or "none"
+            raise NotFoundError(f"no command {name!r} (known: {known})")
+        try:
+            return plain(found.run(dict(args or {})))
+        except LiveUpdateError:
+            raise
+        except Exception as exc:
+            raise CommandError(name, exc) from exc
 
     @property
     def subsystems(self) -> dict[str, Subsystem]:

@@ -8,7 +8,7 @@ each record with the distribution that provided it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -260,6 +260,29 @@ class Bus:
     name: str = attrs.field(validator=_check_name)
     ops: BusOps = attrs.field(factory=BusOps, validator=attrs.validators.instance_of(BusOps))
     liveupdate: bool = True
+    origin: PluginOrigin | None = attrs.field(default=None, eq=False)
+
+
+def _callable(_instance: object, _attribute: object, value: Any) -> None:
+    if not callable(value):
+        raise TypeError(f"a command runs a callable, not {type(value).__name__}")
+
+
+@attrs.frozen
+class Command:
+    """A program a pack runs in the kernel's userspace, on the operator's request.
+
+    It stands for what a host runs above the kernel: a VMM that creates its
+    VMs, preserves their files in a session before an update and takes them
+    back after it.  ``run(args)`` takes a map of plain data (text, integers,
+    bytes, lists, maps) and returns plain data; it fails by raising a
+    :class:`~luo_core.errors.LiveUpdateError`.  The operator runs it with
+    :meth:`Kernel.command <luo_core.Kernel.command>` or, across processes,
+    ``KernelProcess.command``.
+    """
+
+    name: str = attrs.field(validator=_check_name)
+    run: Callable[[Mapping[str, Any]], object] = attrs.field(validator=_callable)
     origin: PluginOrigin | None = attrs.field(default=None, eq=False)
 
 

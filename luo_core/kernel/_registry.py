@@ -27,7 +27,7 @@ from luo_core._logging import get_logger
 from luo_core.abi._boot import PluginFactory, factory_name, load_factory, resolve
 from luo_core.errors import PluginConflictError, PluginError
 from luo_core.kernel._hookspecs import PROJECT, LuoSpec
-from luo_core.kernel._records import Bus, DeviceDriver, PluginOrigin, Subsystem
+from luo_core.kernel._records import Bus, Command, DeviceDriver, PluginOrigin, Subsystem
 from luo_core.kernel.sessions._records import FileHandler
 from luo_core.platform._models import (
     DISABLE_ENV,
@@ -38,11 +38,11 @@ from luo_core.platform._models import (
     normalize,
 )
 
-Record = Bus | DeviceDriver | Subsystem | FileHandler
+Record = Bus | DeviceDriver | Subsystem | FileHandler | Command
 CORE_DISTRIBUTION = "luo-core"
 
 log = get_logger("luo.registry")
-R = TypeVar("R", Subsystem, DeviceDriver, Bus, FileHandler)
+R = TypeVar("R", Subsystem, DeviceDriver, Bus, FileHandler, Command)
 
 
 def core_origin() -> PluginOrigin:
@@ -162,6 +162,8 @@ class PluginRegistry:
         self.buses: dict[str, Bus] = {}
         self.file_handlers: dict[str, FileHandler] = {}
         """File handlers packs yield (``luo_file_handlers``), by compatible."""
+        self.commands: dict[str, Command] = {}
+        """Programs packs yield (``luo_commands``), by name."""
         self.unknown_disabled: list[str] = []
         """Names in ``LUO_DISABLE_PLUGINS`` that match no installed pack (see
         :func:`unknown_disabled`); set by :func:`load_plugins`."""
@@ -270,6 +272,7 @@ class PluginRegistry:
             ("luo_device_drivers", DeviceDriver),
             ("luo_subsystems", Subsystem),
             ("luo_file_handlers", FileHandler),
+            ("luo_commands", Command),
         )
         for hook_name, kind in hooks:
             for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
@@ -300,6 +303,8 @@ class PluginRegistry:
             _claim(self.buses, record.name, record, "bus")
         elif isinstance(record, FileHandler):
             _claim(self.file_handlers, record.compatible, record, "file handler compatible")
+        elif isinstance(record, Command):
+            _claim(self.commands, record.name, record, "command")
         else:
             names = {d.name: d for d in self.drivers.values()}
             if record.name in names:

@@ -432,6 +432,12 @@ class KernelProcess:
             {"op": "contract", "contract": contract, "call": "snapshot", "device": device}
         ).get("result")
 
+    def command(self, name: str, args: Mapping[str, Any] | None = None) -> Any:
+        """Run the pack command ``name`` in this kernel's process (:meth:`Kernel.command
+        <luo_core.Kernel.command>`); its plain-data result."""
+        request = {"op": "command", "name": name, "args": dict(args or {})}
+        return self._call(request).get("result")
+
     def shutdown(self) -> None:
         """Stop this kernel (the hardware runs on); safe to call twice."""
         if self._gone:

@@ -24,6 +24,7 @@ from luo_core.errors import (
     BadFileError,
     CallbackError,
     HandoffError,
+    InvalidArgumentError,
     InvalidTransitionError,
     LiveUpdateError,
     NotFoundError,
@@ -161,6 +162,11 @@ class KernelServer:
             return {"manifest": kernel.manifest()}, False
         if op == "contract":
             return {"result": self._contract(request)}, False
+        if op == "command":
+            args = request.get("args", {})
+            if not isinstance(args, dict):
+                raise InvalidArgumentError("a command's args must be a map")
+            return {"result": kernel.command(_text(request, "name"), args)}, False
         if op == "findings":
             return {"findings": watch().findings()}, False
         if op == "shutdown":

@@ -16,7 +16,7 @@ from luo_core.platform._hosts import (
     default_host,
     flat_host,
 )
-from luo_core.platform._iommu import DeviceDma, Fault, FaultReason, Iommu
+from luo_core.platform._iommu import DeviceDma, Fault, FaultReason, Iommu, Requester
 from luo_core.platform._irq import Delivery, DeviceMsi, InterruptRemapper, IrFault, IrFaultReason
 from luo_core.platform._memory import PhysicalMemory
 from luo_core.platform._models import DeviceContext, DeviceModel, discover_models
@@ -51,6 +51,7 @@ __all__ = [
     "Register",
     "RegisterMap",
     "Registers",
+    "Requester",
     "VmSpec",
     "default_host",
     "discover_models",

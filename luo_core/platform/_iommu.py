@@ -1,7 +1,13 @@
 """The IOMMU: walks the page tables in physical memory and does a device's DMA through them.
 
-The tables are in the format of :mod:`luo_core.abi._iopgtable` (VT-d second
-level, 4 levels, 4 KiB pages).  They are written by a kernel, so the walk
+A device's DMA is translated as VT-d does in legacy mode: its requester id
+selects a root entry (by bus) and a context entry (by device and function)
+in the root table the kernel's driver enabled (:meth:`Iommu.set_root_table`,
+the ``RTADDR`` register and ``GCMD.TE``), and the context entry names the
+domain's second-level page table (:mod:`luo_core.abi._dmar`).  The page
+tables are in the format of :mod:`luo_core.abi._iopgtable` (VT-d second
+level, 4 levels, 4 KiB pages).  No context or IOTLB cache is modelled: every
+translation reads the tables.  They are written by a kernel, so the walk
 reads hostile memory: it takes at most four entry reads per page, checks
 every table pointer against physical memory and every entry's reserved bits,
 and turns whatever it finds into a translation or a fault, never a crash.
@@ -23,6 +29,16 @@ from typing import Final
 import attrs
 
 from luo_core._logging import get_logger
+from luo_core.abi._dmar import (
+    AGAW_48,
+    CONTEXT_LO_RESERVED,
+    ENTRY_SIZE,
+    TT_MULTI_LEVEL,
+    context_entry_address,
+    decode_context_entry,
+    decode_root_entry,
+    root_entry_address,
+)
 from luo_core.abi._iopgtable import (
     ENTRY,
     IOVA_BITS,
@@ -50,6 +66,11 @@ class FaultReason(enum.StrEnum):
     TABLE = "page-table pointer outside physical memory"  # VTD_FR_PAGING_ENTRY_INV
     WIDTH = f"IOVA beyond the {IOVA_BITS}-bit address width"  # VTD_FR_ADDR_BEYOND_MGAW
     TARGET = "mapped page outside physical memory"
+    DISABLED = "DMA remapping is not enabled"
+    NO_REQUESTER = "the device has no PCI requester id"
+    ROOT = "root entry not present"  # VTD_FR_ROOT_ENTRY_P
+    CONTEXT = "context entry not present"  # VTD_FR_CONTEXT_ENTRY_P
+    CONTEXT_INVALID = "context entry reserved bits, type or width"  # VTD_FR_CONTEXT_ENTRY_RSVD
 
 
 @attrs.frozen
@@ -72,6 +93,22 @@ class Iommu:
         self._lock = threading.Lock()
         self._faults = 0
         self._log: collections.deque[Fault] = collections.deque(maxlen=self.LOG_SIZE)
+        self._root_table: int | None = None
+
+    @property
+    def root_table(self) -> int | None:
+        """The root table translation runs through (``None``: DMA remapping off)."""
+        return self._root_table
+
+    def set_root_table(self, phys: int | None) -> None:
+        """``RTADDR`` with ``GCMD.TE``: translate through the root table at ``phys``, or stop.
+
+        With remapping off every device DMA faults: luo models a platform
+        that blocks DMA until its IOMMU is set up, not one that lets it through.
+        """
+        if phys is not None and not self._is_page(phys):
+            raise InvalidArgumentError(f"root table {phys!r} is not a page of physical memory")
+        self._root_table = phys
 
     @property
     def faults(self) -> int:
@@ -84,14 +121,23 @@ class Iommu:
         with self._lock:
             return list(self._log)
 
-    def translate(self, root: int, iova: int, *, write: bool, device: str = "") -> int:
-        """The physical address of ``iova`` under the tables at ``root``, or a fault."""
+    def translate(self, root: Root, iova: int, *, write: bool, device: str = "") -> int:
+        """The physical address of ``iova`` under ``root``, or a fault.
+
+        ``root`` is a page table's address, or a :class:`Requester` to go
+        through the root and context tables.
+        """
+        if isinstance(root, Requester):
+            table = self._context(root.rid)
+            if isinstance(table, FaultReason):
+                raise self._fault(device, iova, write, table)
+            root = table
         found = self._walk(root, iova, write)
         if isinstance(found, FaultReason):
             raise self._fault(device, iova, write, found)
         return found
 
-    def dma_read(self, root: int, iova: int, length: int, *, device: str = "") -> bytes:
+    def dma_read(self, root: Root, iova: int, length: int, *, device: str = "") -> bytes:
         """``length`` bytes from ``iova``: all of them, or a fault."""
         return b"".join(
             self._ram.read(phys, n)
@@ -99,7 +145,7 @@ class Iommu:
         )
 
     def dma_write(
-        self, root: int, iova: int, data: bytes | bytearray | memoryview, *, device: str = ""
+        self, root: Root, iova: int, data: bytes | bytearray | memoryview, *, device: str = ""
     ) -> None:
         """Store ``data`` at ``iova``: all of it, or (on a fault) none of it."""
         raw = memoryview(data).cast("B")
@@ -108,8 +154,33 @@ class Iommu:
             self._ram.write(phys, raw[done : done + n])
             done += n
 
+    def _context(self, rid: int | None) -> int | FaultReason:
+        """The page table a requester's context entry names (QEMU ``vtd_dev_to_context_entry``)."""
+        root_table = self._root_table
+        if root_table is None:
+            return FaultReason.DISABLED
+        if rid is None:
+            return FaultReason.NO_REQUESTER
+        root = decode_root_entry(self._ram.read(root_entry_address(root_table, rid), ENTRY_SIZE))
+        if root is None:
+            return FaultReason.ROOT
+        if not self._is_page(root):
+            return FaultReason.TABLE
+        raw = self._ram.read(context_entry_address(root, rid), ENTRY_SIZE)
+        context = decode_context_entry(raw)
+        if context is None:
+            return FaultReason.CONTEXT
+        lo = int.from_bytes(raw[:8], "little")
+        if (
+            lo & CONTEXT_LO_RESERVED
+            or context.translation_type != TT_MULTI_LEVEL
+            or context.address_width != AGAW_48
+        ):
+            return FaultReason.CONTEXT_INVALID
+        return context.pgtable
+
     def _segments(
-        self, root: int, iova: int, length: int, write: bool, device: str
+        self, root: Root, iova: int, length: int, write: bool, device: str
     ) -> list[tuple[int, int]]:
         """Every page of the transfer, translated, before anything moves."""
         if type(length) is not int or not 0 <= length <= MAX_TRANSFER:
@@ -162,11 +233,22 @@ class Iommu:
 
 
 @attrs.frozen
+class Requester:
+    """A PCI requester id: DMA goes through the root and context tables (``None``: none)."""
+
+    rid: int | None
+
+
+Root = int | Requester
+"""What a DMA is translated through: a page table's address, or a requester's context."""
+
+
+@attrs.frozen
 class DeviceDma:
-    """One device's DMA through the page tables at ``root``: what a model holds."""
+    """One device's DMA through ``root``: what a model holds."""
 
     iommu: Iommu
-    root: int
+    root: Root
     device: str
 
     def read(self, iova: int, length: int) -> bytes:

@@ -65,6 +65,7 @@ class IrFaultReason(enum.StrEnum):
     RESERVED = "reserved bits set in a present IRTE"  # VTD_FR_IR_IRTE_RSVD (0x24)
     COMPAT = "compatibility-format MSI while remapping is on"  # VTD_FR_IR_REQ_COMPAT (0x25)
     DESCRIPTOR = "posted-interrupt descriptor outside physical memory"
+    DISABLED = "interrupt remapping is not enabled"
 
 
 @attrs.frozen
@@ -100,6 +101,28 @@ class InterruptRemapper:
         self._faults = 0
         self._direct_count = 0
         self._log: collections.deque[IrFault] = collections.deque(maxlen=self.LOG_SIZE)
+        self._table: tuple[int, int] | None = None
+
+    @property
+    def table(self) -> tuple[int, int] | None:
+        """The enabled table as ``(address, entries)``; ``None``: remapping off."""
+        return self._table
+
+    def set_table(self, phys: int | None, entries: int = 0) -> None:
+        """``IRTA`` with ``GCMD.IRE``: remap through ``entries`` entries at ``phys``, or stop.
+
+        With remapping off, a device's remappable MSI faults (luo's devices send
+        nothing else).
+        """
+        if phys is None:
+            self._table = None
+            return
+        if not self._is_table(phys, entries):
+            raise InvalidArgumentError(
+                f"interrupt-remapping table {phys!r} of {entries!r} entries is not a "
+                f"4 KiB-aligned table of 2..{MAX_ENTRIES} (a power of two) in physical memory"
+            )
+        self._table = (phys, entries)
 
     @property
     def faults(self) -> int:
@@ -118,9 +141,23 @@ class InterruptRemapper:
         return self._direct_count
 
     def deliver_msi(
-        self, table_phys: int, table_entries: int, address: int, data: int, *, device: str = ""
+        self,
+        table_phys: int | None,
+        table_entries: int,
+        address: int,
+        data: int,
+        *,
+        device: str = "",
     ) -> Delivery:
-        """Deliver the MSI ``(address, data)`` through the table at ``table_phys``, or fault."""
+        """Deliver the MSI ``(address, data)`` through the table at ``table_phys``, or fault.
+
+        ``table_phys=None``: through the table enabled by :meth:`set_table`.
+        """
+        if table_phys is None:
+            enabled = self._table
+            if enabled is None:
+                raise self._fault(device, None, IrFaultReason.DISABLED)
+            table_phys, table_entries = enabled
         if type(address) is not int or type(data) is not int:
             raise InvalidArgumentError(
                 f"{device or 'MSI'}: address {address!r} and data {data!r} must be integers"
@@ -176,10 +213,13 @@ class InterruptRemapper:
 
 @attrs.frozen
 class DeviceMsi:
-    """One device's MSIs through the table at ``table`` of ``entries``: what a model holds."""
+    """One device's MSIs through the table at ``table`` of ``entries``: what a model holds.
+
+    ``table=None``: through the table the remapping unit has enabled.
+    """
 
     remapper: InterruptRemapper
-    table: int
+    table: int | None
     entries: int
     device: str
 

@@ -30,8 +30,9 @@ import pluggy
 
 from luo_core._logging import get_logger
 from luo_core.abi._boot import resolve
+from luo_core.abi._dmar import requester_id
 from luo_core.errors import HardwareError
-from luo_core.platform._iommu import DeviceDma, Iommu
+from luo_core.platform._iommu import DeviceDma, Iommu, Requester
 from luo_core.platform._irq import DeviceMsi, InterruptRemapper, no_cpu
 from luo_core.platform._memory import PhysicalMemory
 from luo_core.platform._posted import Poster
@@ -94,12 +95,15 @@ class DeviceContext:
         )
         """The machine's interrupt remapping: its poster, fault count and log."""
 
-    def dma(self, root: int) -> DeviceDma:
-        """DMA as this device, translated through the IOMMU page tables at ``root``."""
-        return DeviceDma(self.iommu, root, self.name)
+    def dma(self, root: int | None = None) -> DeviceDma:
+        """DMA as this device: through its context entry in the IOMMU's root table, as a
+        PCI function's DMA goes; or (``root``) through the page tables at ``root``."""
+        where = Requester(requester_id(self.name)) if root is None else root
+        return DeviceDma(self.iommu, where, self.name)
 
-    def msi(self, table: int, entries: int) -> DeviceMsi:
-        """MSIs as this device, remapped through the ``entries``-entry table at ``table``."""
+    def msi(self, table: int | None = None, entries: int = 0) -> DeviceMsi:
+        """MSIs as this device: through the remapping table the hardware has enabled;
+        or (``table``) through the ``entries``-entry table at ``table``."""
         return DeviceMsi(self.interrupts, table, entries, self.name)
 
 
