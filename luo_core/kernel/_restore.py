@@ -10,6 +10,7 @@ are not worth a microsecond of blackout.
 
 from __future__ import annotations
 
+from luo_core.abi import schema_of
 from luo_core.abi._meta import read_meta
 from luo_core.abi._stats import UpdateStats, now_ns
 from luo_core.errors import HandoffError
@@ -17,6 +18,7 @@ from luo_core.kernel._base import KernelBase, log
 from luo_core.kernel._handover import HandoffRecord
 from luo_core.kernel._orchestrator import PhaseRunner
 from luo_core.kernel._participants import DEVICE, Key, device_key, label, subsystem_key
+from luo_core.kernel._records import DeviceDriver
 from luo_core.kernel.devices import Device, restore_graph
 
 
@@ -79,6 +81,11 @@ class Restore(KernelBase):
             record = incoming.get(device_key(dev))
             if record is None:
                 raise HandoffError(f"the handoff record of {dev.name} is corrupted")
+            driver = dev.driver
+            if driver is None or _writes(driver) != record.compatible:
+                # Bound to another driver than its compatible's (vfio-pci, say): the
+                # driver that wrote the record restores it, if this kernel has it.
+                dev.driver = self.devices.driver_for_record(record.compatible) or driver
             runner.call(label(device_key(dev)), self._steps.restore, dev, record.data)
             self.devices.reclaim(dev)
 
@@ -92,3 +99,8 @@ class Restore(KernelBase):
             dev.driver = None
             log.error("restore_skipped", device=dev.name, reason="a dependency failed to restore")
         return not outcome.failed
+
+
+def _writes(driver: DeviceDriver) -> str | None:
+    """The compatible of the records ``driver`` writes."""
+    return schema_of(driver.schema).compatible if driver.schema is not None else None

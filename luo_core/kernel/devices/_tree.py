@@ -18,8 +18,9 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from luo_core._logging import get_logger
+from luo_core.abi import schema_of
 from luo_core.abi._machine import DeviceSpec, Machine
-from luo_core.errors import DependencyCycleError, DeviceError, NotFoundError
+from luo_core.errors import BusyError, DependencyCycleError, DeviceError, NotFoundError
 from luo_core.kernel._records import Bus, DeviceDriver
 from luo_core.kernel.devices._order import preserve_list, restore_graph, static_order
 from luo_core.platform import BUS_MASTER, Registers
@@ -127,6 +128,7 @@ class DeviceTree(Mapping[str, Device]):
         guard: Callable[[str], AbstractContextManager[object]],
     ) -> None:
         self._buses = buses
+        self._drivers = drivers
         self._guard = guard
         self._devices: dict[str, Device] = {}
         groups: dict[int, list[Device]] = defaultdict(list)
@@ -279,6 +281,43 @@ class DeviceTree(Mapping[str, Device]):
             if reason is not None:
                 subject = f"it depends on {node.name}, which" if via or node.name != name else "it"
                 raise DeviceError(f"cannot request {name}: {subject} {reason}")
+
+    def bind(self, name: str, driver: str) -> None:
+        """Bind ``name`` to the driver named ``driver``, whatever its compatible
+        (``driver_override``, then unbind and ``drivers_probe``: how a device is
+        handed to ``vfio-pci``).  The driver bound before is shut down first.
+
+        ``ENOENT`` for an unknown device or driver, ``EBUSY`` while the device is
+        requested for an update (release it first), and a :class:`DeviceError`
+        when the new driver's probe fails (the device is left unbound).
+        """
+        with self._guard(f"bind {name} to {driver}"):
+            dev = self[name]
+            found = next((d for d in self._drivers.values() if d.name == driver), None)
+            if found is None:
+                raise NotFoundError(f"no driver {driver!r} in this kernel")
+            if dev.requested or dev.preserved:
+                raise BusyError(f"{name} takes part in a live update: release it first")
+            if dev.driver is not None:
+                dev.driver.ops.shutdown(dev)
+            dev.driver, dev.driver_data = found, None
+            try:
+                found.ops.probe(dev)
+            except Exception as exc:
+                dev.driver = None
+                raise DeviceError(f"{driver} could not probe {name}: {exc}") from exc
+
+    def driver_for_record(self, compatible: str) -> DeviceDriver | None:
+        """The driver whose schema writes records of ``compatible`` (a device the previous
+        kernel had bound to another driver than its compatible's, such as ``vfio-pci``,
+        is restored by the driver that wrote its record)."""
+        for candidate in self._drivers.values():
+            if (
+                candidate.schema is not None
+                and schema_of(candidate.schema).compatible == compatible
+            ):
+                return candidate
+        return None
 
     def release(self, name: str) -> None:
         """Clear ``name``'s ``requested`` flag.  A device some requested device
