@@ -757,7 +757,9 @@ def test_the_largest_machine_description_is_read_in_bounded_time() -> None:
 # -- KernelConfig.from_wire --------------------------------------------------------
 
 
-CONFIG = KernelConfig(("tests.journal", "luo_example_nic:Pack"), False, 8, 30)
+CONFIG = KernelConfig(
+    ("tests.journal", "luo_example_nic:Pack"), False, 8, 30, {"0000:01:00.0": "vfio-pci"}
+)
 CONFIG_WIRE = CONFIG.to_wire()
 
 
@@ -806,6 +808,14 @@ def test_a_kernel_configuration_with_a_hostile_field_is_a_typed_error(
         ({**CONFIG_WIRE, "callback-timeout-us": U64 - 1}, HandoffError, "callback_timeout"),
         ({**CONFIG_WIRE, "callback-timeout-us": "5"}, HandoffError, "whole microseconds"),
         ({**CONFIG_WIRE, "callback-timeout-us": False}, HandoffError, "whole microseconds"),
+        ({**CONFIG_WIRE, "driver-override": {"a": "b"}}, HandoffError, "sorted list"),
+        ({**CONFIG_WIRE, "driver-override": [["b", "x"], ["a", "x"]]}, HandoffError, "sorted"),
+        ({**CONFIG_WIRE, "driver-override": [["a", "x"], ["a", "y"]]}, HandoffError, "one per"),
+        ({**CONFIG_WIRE, "driver-override": [["a", "x", "y"]]}, HandoffError, "pairs"),
+        ({**CONFIG_WIRE, "driver-override": [["a", 1]]}, HandoffError, "pairs"),
+        ({**CONFIG_WIRE, "driver-override": [["a", ["x"]]]}, HandoffError, "pairs"),
+        ({**CONFIG_WIRE, "driver-override": [["", "x"]]}, HandoffError, "driver_override"),
+        ({**CONFIG_WIRE, "driver-override": [["a", "x" * 256]]}, HandoffError, "1 to 255"),
     ],
 )
 def test_malformed_kernel_configurations_are_refused_by_name(

@@ -17,7 +17,7 @@ import importlib
 import math
 import re
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 import attrs
@@ -77,6 +77,30 @@ def _timeout(value: object) -> float | None:
     return float(value)
 
 
+MAX_OVERRIDES: Final = 4096
+_OVERRIDE_TEXT: Final = 255
+
+
+def _overrides(value: object) -> tuple[tuple[str, str], ...]:
+    items = list(value.items()) if isinstance(value, Mapping) else value
+    if not isinstance(items, list | tuple) or len(items) > MAX_OVERRIDES:
+        raise LiveUpdateError(
+            f"driver_override maps at most {MAX_OVERRIDES} device names to driver names"
+        )
+    pairs: dict[str, str] = {}
+    for item in items:
+        if not (isinstance(item, list | tuple) and len(item) == 2):
+            raise LiveUpdateError("driver_override maps device names to driver names")
+        device, driver = item
+        for text in (device, driver):
+            if not isinstance(text, str) or not 0 < len(text) <= _OVERRIDE_TEXT:
+                raise LiveUpdateError(
+                    f"driver_override: {text!r:.60} is not a name of 1 to {_OVERRIDE_TEXT} chars"
+                )
+        pairs[device] = driver
+    return tuple(sorted(pairs.items()))
+
+
 @attrs.frozen
 class KernelConfig:
     """What a kernel image is made of: which packs it loads, how it schedules.
@@ -86,12 +110,16 @@ class KernelConfig:
     subtrees concurrently in every device phase.  ``callback_timeout``
     (seconds) gives up on a callback that does not return in time: it fails
     with :class:`~luo_core.errors.CallbackTimeoutError` (``ETIMEDOUT``) as if it had raised.
+    ``driver_override`` binds devices (by name) to drivers (by name) whatever their
+    compatible, at every boot: the kernel's ``driver_override`` made persistent, as
+    ``vfio-pci.ids=`` on the command line or ``driverctl`` do.
     """
 
     plugins: tuple[PluginFactory, ...] = attrs.field(default=(), converter=_plugins)
     discover: bool = attrs.field(default=True, converter=bool)
     workers: int = attrs.field(default=1, converter=_workers)
     callback_timeout: float | None = attrs.field(default=None, converter=_timeout)
+    driver_override: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_overrides)
 
     @property
     def portable(self) -> bool:
@@ -113,12 +141,13 @@ class KernelConfig:
             "discover": self.discover,
             "workers": self.workers,
             "callback-timeout-us": None if timeout is None else round(timeout * 1_000_000),
+            "driver-override": [list(pair) for pair in self.driver_override],
         }
 
     @classmethod
     def from_wire(cls, wire: object) -> KernelConfig:
         """A configuration read from another process: every field checked."""
-        fields = {"plugins", "discover", "workers", "callback-timeout-us"}
+        fields = {"plugins", "discover", "workers", "callback-timeout-us", "driver-override"}
         if not isinstance(wire, dict) or set(wire) != fields:
             raise HandoffError("a kernel configuration is a map of " + ", ".join(sorted(fields)))
         plugins, timeout = wire["plugins"], wire["callback-timeout-us"]
@@ -128,12 +157,25 @@ class KernelConfig:
             raise HandoffError("a kernel configuration's discover is true or false")
         if timeout is not None and type(timeout) is not int:
             raise HandoffError("a kernel configuration's callback timeout is whole microseconds")
+        overrides = wire["driver-override"]
+        if not (
+            isinstance(overrides, list)
+            and all(type(p) is list and len(p) == 2 for p in overrides)
+            and all(type(name) is str for p in overrides for name in p)
+            and [tuple(p) for p in overrides] == sorted({tuple(p) for p in overrides})
+            and len({p[0] for p in overrides}) == len(overrides)
+        ):
+            raise HandoffError(
+                "a kernel configuration's driver-override is a sorted list of "
+                "[device, driver] pairs, one per device"
+            )
         try:
             return cls(
                 tuple(plugins),
                 wire["discover"],
                 wire["workers"],
                 None if timeout is None else timeout / 1_000_000,
+                wire["driver-override"],
             )
         except LiveUpdateError as exc:
             raise HandoffError(f"kernel configuration: {exc}") from None

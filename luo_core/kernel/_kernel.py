@@ -121,7 +121,12 @@ class Kernel(Jump, Restore, SessionsApi):
         self._steps = DeviceSteps(self.registry.buses, self._preserved)
         self._sub_steps = SubsystemSteps(self._preserved)
         self.devices = DeviceTree(
-            self.machine, link, self.registry.drivers, self.registry.buses, self._guard
+            self.machine,
+            link,
+            self.registry.drivers,
+            self.registry.buses,
+            self._guard,
+            dict(self.config.driver_override),
         )
         self.liveupdate_number = handed.liveupdate_number if handed is not None else 0
         """How many live updates led to this kernel (the root's ``liveupdate-number``)."""

@@ -66,7 +66,10 @@ class Contract:
     * ``golden`` maps older record versions to records (sealed bytes) those
       versions wrote, to prove they still restore;
     * ``blackout_budget_us`` is what ``freeze`` plus ``restore`` may cost per
-      device (the median of several updates); over it, the contract fails.
+      device (the median of several updates); over it, the contract fails;
+    * ``driver_override`` binds devices to the contract's driver by name, for a
+      driver that matches no compatible of its own (``vfio-pci``): every kernel
+      the suite boots gets it (:class:`~luo_core.KernelConfig`).
     """
 
     name: str
@@ -77,4 +80,5 @@ class Contract:
     capabilities: frozenset[str] = attrs.field(default=frozenset(), converter=_capabilities)
     golden: Mapping[int, bytes] = attrs.field(factory=dict)
     blackout_budget_us: float = attrs.field(default=DEFAULT_BLACKOUT_BUDGET_US, validator=_budget)
+    driver_override: Mapping[str, str] = attrs.field(factory=dict)
     origin: PluginOrigin | None = attrs.field(default=None, eq=False)

@@ -165,7 +165,13 @@ def boot(
     factory: PluginFactory = pack
     if fail is not None:
         factory = functools.partial(Wrapped, pack, contract.name, fail, release)
-    config = KernelConfig([factory], discover=False, workers=workers, callback_timeout=timeout)
+    config = KernelConfig(
+        [factory],
+        discover=False,
+        workers=workers,
+        callback_timeout=timeout,
+        driver_override=contract.driver_override,
+    )
     from luo_core.kexec import boot as cold_boot
 
     kernel = cold_boot(hardware or power_on(contract, pack), config)

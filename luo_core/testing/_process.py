@@ -68,8 +68,8 @@ def check_round_trip_across_processes(pack: Pack) -> None:
     """Workload in one kernel process, snapshot in the next: state survives a real kexec."""
     ref = reference(pack)
     env = kernel_env()
-    config = KernelConfig([ref], discover=False)
     for contract in each_contract(pack):
+        config = KernelConfig([ref], discover=False, driver_override=contract.driver_override)
         with machine(contract, ref, env) as hardware:
             old = KernelProcess.boot(hardware, config, env=env)
             try:
@@ -160,8 +160,8 @@ def _channel(findings: dict[str, list[str]]) -> str:
 def check_deterministic_across_processes(pack: Pack) -> None:
     """The same state gives the same record bytes in kernels with different hash seeds."""
     ref = reference(pack)
-    config = KernelConfig([ref], discover=False)
     for contract in each_contract(pack):
+        config = KernelConfig([ref], discover=False, driver_override=contract.driver_override)
         records: list[dict[str, bytes]] = []
         for seed in HASH_SEEDS:
             env = kernel_env({"PYTHONHASHSEED": seed})

@@ -126,18 +126,25 @@ class DeviceTree(Mapping[str, Device]):
         drivers: Mapping[str, DeviceDriver],
         buses: Mapping[str, Bus],
         guard: Callable[[str], AbstractContextManager[object]],
+        overrides: Mapping[str, str] | None = None,
     ) -> None:
         self._buses = buses
         self._drivers = drivers
         self._guard = guard
         self._devices: dict[str, Device] = {}
+        by_name = {d.name: d for d in drivers.values()} if overrides else {}
         groups: dict[int, list[Device]] = defaultdict(list)
         for index, spec in enumerate(machine.devices.values()):
             dev = Device(self, spec, index, link)
             if spec.parent is not None:
                 dev.parent = self._devices[spec.parent]
                 dev.parent.children.append(dev)
-            dev.driver = drivers.get(spec.compatible)
+            override = overrides.get(spec.name) if overrides else None
+            if override is not None:
+                # An override naming a driver this kernel lacks binds nothing, as in Linux.
+                dev.driver = by_name.get(override)
+            else:
+                dev.driver = drivers.get(spec.compatible)
             if spec.iommu_group is not None:
                 groups[spec.iommu_group].append(dev)
             self._devices[dev.name] = dev
