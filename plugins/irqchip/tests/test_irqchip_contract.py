@@ -1,0 +1,16 @@
+"""The IRQ chip pack passes luo's contract suite (the way a pack author runs it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import luo_irqchip
+import pytest
+
+from luo_core.testing import DriverPackContract
+
+
+class TestIrqChip(DriverPackContract):
+    @pytest.fixture
+    def luo_pack(self) -> Any:
+        return luo_irqchip
