@@ -82,7 +82,7 @@ def test_the_host_files_updates_run_one_after_another(live: dict[str, Any]) -> N
     assert {n for n, d in devices.items() if d["reclaimed"]} >= NICS
     assert not devices["0000:00:1f.0"]["preserved"] and devices["0000:00:1f.0"]["refused"]
     core = {"name": "luo-core", "version": core_origin().version, "status": "loaded"}
-    assert live["packs"][0] == core
+    assert core in live["packs"]
     for nic in NICS:
         counters = live["nics"][nic]
         assert re.fullmatch(MAC, counters["mac"]) and counters["mac"].startswith("02:")
