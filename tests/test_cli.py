@@ -23,63 +23,6 @@ from luo_core.cli._args import Progress
 from luo_core.cli._demo import mac_address
 from luo_core.kernel._registry import core_origin
 
-NICS = {"0000:01:00.0", "0000:01:00.1", "0000:02:00.0"}
-MAC = r"([0-9a-f]{2}:){5}[0-9a-f]{2}"
-
-
-def test_demo_tells_the_story(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo"]) == 0
-    out = capsys.readouterr().out
-    assert re.search(r"live update #1 .*\(kernel pid (\d+) -> pid (\d+), hardware pid \d+\)", out)
-    assert "luo-example-nic" in out
-    for nic in NICS:
-        line = next(line for line in out.splitlines() if nic in line)
-        assert re.search(rf"preserved, reclaimed; mac {MAC}; rx \+\d+ frames across kexec", line)
-    assert "0000:00:1f.0" in out and "(no live-update callbacks)" in out
-    assert "blackout:" in out
-
-
-@pytest.mark.parametrize("argv", [["--workers", "1"], ["--workers", "3"], ["--inproc"]])
-def test_demo_json_summary(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
-    assert main(["demo", "--json", *argv]) == 0
-    summary = json.loads(capsys.readouterr().out)
-    assert summary["liveupdate_number"] == 1
-    pids = summary["pids"]
-    if "--inproc" in argv:
-        assert summary["kexec"] == "inproc"
-        assert pids["old"] == pids["new"] == pids["hardware"] == os.getpid()
-    else:
-        assert summary["kexec"] == "process"
-        assert len({pids["old"], pids["new"], pids["hardware"], os.getpid()}) == 4
-    devices = {d["name"]: d for d in summary["devices"]}
-    assert {n for n, d in devices.items() if d["reclaimed"]} >= NICS
-    assert devices["0000:00:1f.0"]["refused"] is not None
-    assert not devices["0000:00:1f.0"]["preserved"]
-    core = {"name": "luo-core", "version": core_origin().version, "status": "loaded"}
-    assert summary["packs"][0] == core
-    assert {p["name"] for p in summary["packs"]} >= {"luo-core", "luo-example-nic"}
-    for nic in NICS:
-        counters = summary["nics"][nic]
-        assert re.fullmatch(MAC, counters["mac"]) and counters["mac"].startswith("02:")
-        assert counters["tx_frames"] == 37  # the workload's frames, sent before the update
-        # The NIC stays enabled through the update: what arrives is received, not dropped.
-        assert type(counters["rx_during_kexec"]) is int
-        assert counters["rx_dropped_during_kexec"] == 0
-    assert summary["blackout_us"] > 0
-    assert summary["threads_left"] == []
-    assert list(summary["phases"]) == ["prepare", "freeze", "kexec", "restore", "finish"]
-    assert "device:0000:01:00.0" in summary["phases"]["restore"]["participants_us"]
-
-
-def test_demo_writes_a_chrome_trace(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    trace = tmp_path / "trace.json"
-    assert main(["demo", "--trace", str(trace)]) == 0
-    events = json.loads(trace.read_text())["traceEvents"]
-    assert {"prepare", "freeze", "kexec", "restore", "finish", "blackout"} <= {
-        e["name"] for e in events
-    }
-    assert str(trace) in capsys.readouterr().out
-
 
 def test_bench_reports_per_device_cost(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--devices", "40", "--rounds", "1", "--json"]) == 0
@@ -122,7 +65,7 @@ def test_the_console_script_runs() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["liveupdate_number"] == 1
+    assert json.loads(done.stdout)["liveupdate_number"] == 3  # the built-in host's updates
     assert done.stderr == ""  # warnings and worse only; a clean run logs nothing
 
 
@@ -290,34 +233,24 @@ def test_verb_help_has_a_description_an_example_and_defaults(verb: str) -> None:
 # -- output --------------------------------------------------------------------
 
 
-def test_demo_draws_the_tree_like_tree_does(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--inproc"]) == 0
-    out = capsys.readouterr().out.splitlines()
-    start = out.index("devices:") + 1
-    drawn = [re.findall(r"^[│├└─ ]*\S+", line[2:])[0] for line in out[start : start + 7]]
-    assert drawn == [
-        "pci0000:00",
-        "├── 0000:00:01.0",
-        "│   ├── 0000:01:00.0",
-        "│   └── 0000:01:00.1",
-        "├── 0000:00:02.0",
-        "│   └── 0000:02:00.0",
-        "└── 0000:00:1f.0",
-    ]
-
-
 def test_mac_addresses_print_as_six_hex_pairs() -> None:
     assert mac_address(0x02_00_60_13_43_E4) == "02:00:60:13:43:e4"
     assert mac_address(0xFFFF_0000_0000_0001) == "00:00:00:00:00:01"  # the low 48 bits
 
 
-def _floats(value: Any) -> list[float]:
+def _floats(value: Any, digits: int = 1) -> list[tuple[float, int]]:
+    """Every float in ``value``, with the digits it must be rounded to (2 under a key
+    ending in ``_ms``, 1 elsewhere)."""
     if isinstance(value, float):
-        return [value]
+        return [(value, digits)]
     if isinstance(value, dict):
-        value = list(value.values())
+        return [
+            f
+            for key, item in value.items()
+            for f in _floats(item, 2 if key.endswith("_ms") else digits)
+        ]
     if isinstance(value, list):
-        return [f for item in value for f in _floats(item)]
+        return [f for item in value for f in _floats(item, digits)]
     return []
 
 
@@ -329,7 +262,8 @@ def test_json_floats_are_rounded_to_a_tenth_of_a_microsecond(
     assert main(["bench", "--devices", "20", "--rounds", "1", "--json"]) == 0
     bench = _floats(json.loads(capsys.readouterr().out))
     assert demo and bench
-    assert all(f == round(f, 1) for f in demo + bench)
+    assert all(f == round(f, digits) for f, digits in demo + bench)
+    assert any(digits == 2 for _, digits in demo)  # the demo's times are in ms
 
 
 def test_save_handoff_says_what_it_wrote(

@@ -94,6 +94,34 @@ class PhaseStats:
         return stats
 
 
+@attrs.frozen
+class MigrationStat:
+    """One record the new kernel read at an older version and upgraded to its own."""
+
+    participant: str
+    compatible: str
+    from_version: int
+    to_version: int
+
+    def to_wire(self) -> list[Any]:
+        return [self.participant, self.compatible, self.from_version, self.to_version]
+
+    @classmethod
+    def from_wire(cls, wire: object) -> MigrationStat:
+        """Rebuild from :meth:`to_wire`'s list; anything malformed is a ``ValueError``."""
+        if not (
+            type(wire) is list
+            and len(wire) == 4
+            and type(wire[0]) is str
+            and type(wire[1]) is str
+            and type(wire[2]) is int
+            and type(wire[3]) is int
+            and 0 <= wire[2] < wire[3] < 1 << 32  # versions are u32; a migration goes up
+        ):
+            raise ValueError("a migration is not [participant, compatible, from, to]")
+        return cls(wire[0], wire[1], wire[2], wire[3])
+
+
 @attrs.define
 class UpdateStats:
     """Everything measured about one live update, across both kernels.
@@ -107,6 +135,8 @@ class UpdateStats:
     restore_end_ns: int | None = None
     threads_left: list[str] = attrs.field(factory=list)
     """Threads of the old kernel still running at kexec (a callback's, never luo's own)."""
+    migrations: list[MigrationStat] = attrs.field(factory=list)
+    """Records the new kernel upgraded as it read them, in participant order."""
 
     @property
     def blackout_us(self) -> float | None:
@@ -115,13 +145,20 @@ class UpdateStats:
         return (self.restore_end_ns - self.freeze_start_ns) / 1000
 
     def to_wire(self) -> dict[str, Any]:
-        """Plain data (integers and text only): how stats cross kexec and processes."""
-        return {
+        """Plain data (integers and text only): how stats cross kexec and processes.
+
+        ``migrations`` is left out when there are none, as in the meta record the
+        old kernel writes: only the new kernel upgrades records.
+        """
+        wire: dict[str, Any] = {
             "freeze-start": self.freeze_start_ns,
             "restore-end": self.restore_end_ns,
             "phases": [p.to_wire() for p in self.phases.values()],
             "threads-left": list(self.threads_left),
         }
+        if self.migrations:
+            wire["migrations"] = [m.to_wire() for m in self.migrations]
+        return wire
 
     @classmethod
     def from_wire(cls, wire: object) -> UpdateStats:
@@ -138,7 +175,15 @@ class UpdateStats:
         phases = wire.get("phases")
         if type(phases) is not list:
             raise ValueError("phases is not a list")
-        stats = cls(freeze_start_ns=start, restore_end_ns=end, threads_left=left)
+        migrations = wire.get("migrations", [])  # the old kernel's meta record has none
+        if type(migrations) is not list:
+            raise ValueError("migrations is not a list")
+        stats = cls(
+            freeze_start_ns=start,
+            restore_end_ns=end,
+            threads_left=left,
+            migrations=[MigrationStat.from_wire(m) for m in migrations],
+        )
         for item in phases:
             phase = PhaseStats.from_wire(item)
             stats.phases[phase.phase] = phase
@@ -149,6 +194,7 @@ class UpdateStats:
         return {
             "blackout_us": self.blackout_us,
             "threads_left": list(self.threads_left),
+            "migrations": [attrs.asdict(m) for m in self.migrations],
             "phases": {
                 name: {
                     "ok": p.ok,

@@ -13,8 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 from luo_core.abi import decode_state, encode_state, schema_of, seal, unseal
+from luo_core.abi._stats import MigrationStat
 from luo_core.errors import DecodeError
-from luo_core.kernel._participants import Key
+from luo_core.kernel._participants import Key, label
 
 
 class Preserved:
@@ -26,6 +27,8 @@ class Preserved:
         self.sealed: dict[Key, bytes] = {}
         self.compatibles: dict[Key, str] = {}
         self.versions: dict[Key, int] = {}
+        self.migrated: dict[Key, MigrationStat] = {}
+        """The records :meth:`open` upgraded from an older version, by participant."""
 
     def keep(self, key: Key, owner: str, schema: type[Any] | None, value: object) -> None:
         """Seal ``value``, what ``owner``'s prepare or freeze returned.
@@ -57,8 +60,14 @@ class Preserved:
         self.compatibles[key] = compatible
 
     def open(self, key: Key, owner: str, schema: type[Any] | None, blob: bytes) -> object:
-        """Decode a record handed over for ``owner`` (migrating old versions)."""
-        value = open_sealed(blob, schema, owner)
+        """Decode a record handed over for ``owner`` (migrating old versions, which
+        :attr:`migrated` notes)."""
+        sealed = unseal(blob)
+        value = _decode(sealed.compatible, sealed.version, sealed.payload, schema, owner)
+        if schema is not None and sealed.version < schema_of(schema).version:
+            self.migrated[key] = MigrationStat(
+                label(key), sealed.compatible, sealed.version, schema_of(schema).version
+            )
         self.values[key] = value
         return value
 
@@ -67,20 +76,24 @@ class Preserved:
         self.sealed.clear()
         self.compatibles.clear()
         self.versions.clear()
+        self.migrated.clear()
 
 
 def open_sealed(blob: bytes, schema: type[Any] | None, owner: str) -> object:
     """The value in a sealed record, decoded with ``owner``'s schema (migrating old
     versions); :class:`DecodeError` if the record is not of that schema."""
     sealed = unseal(blob)
+    return _decode(sealed.compatible, sealed.version, sealed.payload, schema, owner)
+
+
+def _decode(
+    compatible: str, version: int, payload: bytes, schema: type[Any] | None, owner: str
+) -> object:
     if schema is None:
-        raise DecodeError(
-            f"{owner} has no schema in this kernel: it cannot read {sealed.compatible}"
-        )
+        raise DecodeError(f"{owner} has no schema in this kernel: it cannot read {compatible}")
     expected = schema_of(schema).compatible
-    if sealed.compatible != expected:
+    if compatible != expected:
         raise DecodeError(
-            f"{owner}: the record is {sealed.compatible} v{sealed.version}, "
-            f"this kernel reads {expected}"
+            f"{owner}: the record is {compatible} v{version}, this kernel reads {expected}"
         )
-    return decode_state(schema, sealed.payload, sealed.version)
+    return decode_state(schema, payload, version)

@@ -47,6 +47,7 @@ class Restore(KernelBase):
         except HandoffError as exc:
             log.error("handoff_meta_malformed", error=str(exc))
             stats = UpdateStats()
+        stats.migrations = sorted(self._preserved.migrated.values(), key=lambda m: m.participant)
         self.stats = stats
         kexec = stats.phases.get("kexec")
         if kexec is not None:

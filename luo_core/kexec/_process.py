@@ -300,6 +300,11 @@ class KernelProcess:
             raise KexecError("the kernel reported its findings wrongly")
         return findings
 
+    def write_sysfs(self, path: str | os.PathLike[str]) -> None:
+        """Have this kernel write its sysfs view (:func:`luo_core.kernel._sysfs.write_sysfs`)
+        under ``path``, an existing directory (made absolute here)."""
+        self._call({"op": "sysfs", "path": os.path.abspath(path)})
+
     def manifest(self) -> dict[str, Any]:
         manifest: dict[str, Any] = self._call({"op": "manifest"})["manifest"]
         return manifest

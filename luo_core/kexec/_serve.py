@@ -17,6 +17,7 @@ import errno
 import os
 import socket
 import sys
+from pathlib import Path
 from typing import Any, Final
 
 from luo_core.abi import _wire, save_image
@@ -32,9 +33,12 @@ from luo_core.errors import (
 )
 from luo_core.kernel._kernel import Kernel
 from luo_core.kernel._state import State
+from luo_core.kernel._sysfs import write_sysfs
 from luo_core.kernel.sessions import LiveUpdateDevice, Session
 from luo_core.kexec._watch import watch
 
+PATH_MAX: Final = 4096
+"""The longest path the ``sysfs`` request takes, as Linux's ``PATH_MAX``."""
 READY_TIMEOUT: Final = 60.0
 """How long prepare waits for the next kernel to report ready (s)."""
 
@@ -169,6 +173,8 @@ class KernelServer:
             return {"result": kernel.command(_text(request, "name"), args)}, False
         if op == "findings":
             return {"findings": watch().findings()}, False
+        if op == "sysfs":
+            return _sysfs(kernel, request), False
         if op == "shutdown":
             self._power_off()
             return {}, True
@@ -311,6 +317,27 @@ def _device(dev: Any) -> dict[str, Any]:
         "reclaimed": dev.reclaimed,
         "bus-master": dev.bus_master,
     }
+
+
+def _sysfs(kernel: Kernel, request: dict[str, Any]) -> dict[str, Any]:
+    """Write the kernel's sysfs view under the request's ``path``: an absolute path
+    to an existing directory, read as hostile as every field."""
+    path = request.get("path")
+    if not (isinstance(path, str) and 0 < len(path) <= PATH_MAX and "\0" not in path):
+        raise InvalidArgumentError(f"sysfs: the path must be text of 1 to {PATH_MAX} characters")
+    if not os.path.isabs(path):
+        raise InvalidArgumentError(f"sysfs: {path!r:.80} is not an absolute path")
+    if not os.path.isdir(path):
+        raise NotFoundError(
+            f"sysfs: {path!r:.80} is not an existing directory", errno=errno.ENOTDIR
+        )
+    try:
+        write_sysfs(kernel, Path(path))
+    except OSError as exc:
+        raise InvalidArgumentError(
+            f"sysfs: cannot write under {path!r:.80}: {exc.strerror}", errno=exc.errno
+        ) from None
+    return {}
 
 
 def _unix_socket(fd: int, what: str) -> socket.socket:

@@ -155,6 +155,19 @@ class Hardware:
             if runner.crashed is None:
                 runner.call(lambda: None)
 
+    def stats(self) -> dict[str, int]:
+        """The remapping hardware's counters since power-on: DMA faults (the IOMMU's),
+        interrupt-remapping faults, and what the posting unit posted, notified and
+        suppressed."""
+        poster = self.interrupts.poster
+        return {
+            "dma-faults": self.iommu.faults,
+            "interrupt-faults": self.interrupts.faults,
+            "posted": poster.posted,
+            "notified": poster.notified,
+            "suppressed": poster.suppressed,
+        }
+
     def reset(self, device: str) -> None:
         """A function-level reset: configuration and registers cleared, the model reset."""
         base = mmio_base(self._device(device))
@@ -237,6 +250,9 @@ class Hardware:
                 self._require_operator(conn)
                 self.sync()
                 return {}, []
+            if op == "stats":
+                self._require_operator(conn)
+                return {"stats": self.stats()}, []
             raise HardwareError(f"unknown request {op!r}", errno=errno.EOPNOTSUPP)
         except LiveUpdateError as exc:
             return {"error": {"errno": exc.errno, "message": str(exc)}}, []

@@ -14,7 +14,7 @@ DEFAULT_HOST_TOML = """\
 # The host luo demo runs: default_host(rx_pps=100_000) as a host file.
 memory = "1G"
 scratch = "16M"
-updates = 1
+updates = 3
 
 [[device]]
 name = "pci0000:00"

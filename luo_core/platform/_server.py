@@ -128,7 +128,7 @@ class HardwareProcess:
     """The hardware in a process of its own, seen from the operator's side.
 
     It offers what :class:`Hardware` offers the operator — ``address``,
-    ``control``, ``sync``, ``reset``, ``close`` — through messages.  ``models``
+    ``control``, ``sync``, ``stats``, ``reset``, ``close`` — through messages.  ``models``
     are ``'module:attr'`` references the hardware process imports.
     """
 
@@ -191,6 +191,17 @@ class HardwareProcess:
 
     def sync(self) -> None:
         self._channel.call({"op": "sync"})
+
+    def stats(self) -> dict[str, int]:
+        """The remapping hardware's counters (see :meth:`Hardware.stats`)."""
+        reply, _ = self._channel.call({"op": "stats"})
+        stats = reply.get("stats")
+        if not (
+            isinstance(stats, dict)
+            and all(isinstance(k, str) and type(v) is int and v >= 0 for k, v in stats.items())
+        ):
+            raise HardwareError(f"the hardware process answered stats with {stats!r:.80}")
+        return stats
 
     def reset(self, device: str) -> None:
         """A function-level reset, as the operator (firmware) would do it."""

@@ -1,0 +1,511 @@
+"""``luo demo``'s run: one boot, then live updates (or cold reboots) in a row, measured.
+
+The hardware powers on first and outlives every kernel.  The first kernel
+boots, requests every device without children and starts the workload on the
+NICs; then each update prepares, freezes, jumps, restores and finishes, and
+the next kernel requests the devices and starts the workload again.  A cold
+run does a plain ``kexec`` instead: nothing is prepared, every device is shut
+down and reset, and the next kernel probes them afresh.  The kernels run in
+processes of their own, or in this one (``inproc``), behind one small
+interface so that both runs are the same code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import attrs
+
+from luo_core.abi._boot import KernelConfig
+from luo_core.abi._machine import Machine
+from luo_core.abi._stats import UpdateStats, now_ns
+from luo_core.cli._demo_traffic import Counters, NicSample, hardware_faults, nic_traffic
+from luo_core.errors import DeviceError, NotFoundError
+from luo_core.kexec import KernelProcess
+from luo_core.platform import EXAMPLE_NIC, Hardware, HardwareProcess
+
+Say = Callable[[str], None]
+CONTRACT = "example-nic"
+"""The contract whose workload and snapshot the demo runs on the example NICs."""
+
+
+def _quiet(_text: str) -> None:
+    pass
+
+
+@attrs.frozen
+class DeviceView:
+    """A device as a kernel had it."""
+
+    name: str
+    driver: str | None
+    requested: bool
+    preserved: bool
+    reclaimed: bool
+
+
+@attrs.frozen
+class Options:
+    """How to run: ``mode`` ``live`` or ``cold``, how many updates, where the kernels run."""
+
+    mode: str = "live"
+    updates: int = 1
+    inproc: bool = False
+    workers: int = 1
+    next_python: str | None = None
+    save_handoff: Path | None = None
+    run_dir: Path | None = None
+    log: str = "warning"
+
+
+@attrs.define
+class Step:
+    """One update (or cold reboot) of a run, as the operator saw it."""
+
+    number: int
+    old_pid: int
+    new_pid: int
+    start_ns: int
+    """When the step began: prepare (live), the kexec request (cold)."""
+    kexec_ns: int
+    """When the operator asked for the kexec."""
+    up_ns: int
+    """When the new kernel answered that it had booted (devices restored or probed)."""
+    end_ns: int
+    """When the step ended: finish returned (live), the kernel was up (cold)."""
+    stats: UpdateStats | None
+    before: NicSample
+    """The NICs' registers just before the kexec."""
+    after: NicSample
+    """The NICs' registers just after it."""
+    reset: frozenset[str]
+    """The NICs reset by the kexec (not preserved): their counters started again."""
+    written_for: dict[str, int] = attrs.field(factory=dict)
+    """Schemas written at an older version for this update (the previous release's ABI)."""
+    state_kept: dict[str, bool] = attrs.field(factory=dict)
+    """Per NIC: the contract's snapshot after restore equals the one before prepare."""
+    gone_ns: int | None = None
+    """Cold: when the old kernel was gone (its devices shut down and reset) and no
+    kernel ran."""
+
+    @property
+    def traffic(self) -> Counters:
+        """What the NICs' links delivered across the kexec."""
+        return nic_traffic(self.before, self.after, self.reset)
+
+    @property
+    def blackout_ns(self) -> int | None:
+        """Live: freeze start to the last device restored.  Cold: the kexec request to
+        the new kernel up with its devices probed."""
+        if self.stats is None:
+            return self.up_ns - self.kexec_ns
+        if self.stats.freeze_start_ns is None or self.stats.restore_end_ns is None:
+            return None
+        return self.stats.restore_end_ns - self.stats.freeze_start_ns
+
+
+@attrs.define
+class Run:
+    """Everything a demo run measured."""
+
+    options: Options
+    hardware_pid: int
+    packs: list[dict[str, Any]] = attrs.field(factory=list)
+    devices: dict[str, DeviceView] = attrs.field(factory=dict)
+    """After the first update: each device's fate."""
+    refused: dict[str, str] = attrs.field(factory=dict)
+    steps: list[Step] = attrs.field(factory=list)
+    totals: Counters = attrs.field(factory=Counters)
+    nics: dict[str, Mapping[str, Any]] = attrs.field(factory=dict)
+    """Each NIC's registers at the end of the run."""
+    posted: dict[str, int] = attrs.field(factory=dict)
+    """What the posting unit posted, notified and suppressed during the run."""
+    liveupdate_number: int = 0
+    first_pid: int = 0
+
+
+class DemoKernel(Protocol):
+    """What the run asks of a kernel, wherever it runs."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def liveupdate_number(self) -> int: ...
+    @property
+    def stats(self) -> UpdateStats | None: ...
+    def devices(self) -> dict[str, DeviceView]: ...
+    def request(self, device: str) -> None: ...
+    def workload(self, device: str) -> None: ...
+    def snapshot(self, device: str) -> object: ...
+    def manifest(self) -> dict[str, Any]: ...
+    def prepare(self, target: Mapping[str, Any] | None) -> None: ...
+    def kexec(self, during_blackout: Callable[[], None] | None = None) -> DemoKernel: ...
+    def finish(self) -> None: ...
+    def packs(self) -> list[dict[str, Any]]: ...
+    def write_sysfs(self, path: Path) -> None: ...
+    def handoff(self) -> bytes: ...
+    def shutdown(self) -> None: ...
+
+
+class _Remote:
+    """A kernel in a process of its own."""
+
+    def __init__(self, kernel: KernelProcess, next_python: str | None) -> None:
+        self.kernel = kernel
+        self.next_python = next_python
+
+    @property
+    def pid(self) -> int:
+        return self.kernel.pid
+
+    @property
+    def liveupdate_number(self) -> int:
+        return self.kernel.liveupdate_number
+
+    @property
+    def stats(self) -> UpdateStats | None:
+        return self.kernel.stats
+
+    def devices(self) -> dict[str, DeviceView]:
+        return {
+            d.name: DeviceView(d.name, d.driver, d.requested, d.preserved, d.reclaimed)
+            for d in self.kernel.devices().values()
+        }
+
+    def request(self, device: str) -> None:
+        self.kernel.request(device)
+
+    def workload(self, device: str) -> None:
+        self.kernel.workload(CONTRACT, device)
+
+    def snapshot(self, device: str) -> object:
+        return self.kernel.snapshot(CONTRACT, device)
+
+    def manifest(self) -> dict[str, Any]:
+        return self.kernel.manifest()
+
+    def prepare(self, target: Mapping[str, Any] | None) -> None:
+        self.kernel.prepare(target=target, next_python=self.next_python)
+
+    def kexec(self, during_blackout: Callable[[], None] | None = None) -> _Remote:
+        return _Remote(self.kernel.kexec(during_blackout=during_blackout), self.next_python)
+
+    def finish(self) -> None:
+        self.kernel.finish()
+
+    def packs(self) -> list[dict[str, Any]]:
+        return [_pack(text) for text in self.kernel.packs()]
+
+    def write_sysfs(self, path: Path) -> None:
+        self.kernel.write_sysfs(path)
+
+    def handoff(self) -> bytes:
+        return self.kernel.handoff()
+
+    def shutdown(self) -> None:
+        self.kernel.shutdown()
+
+
+class _Local:
+    """A kernel in this process."""
+
+    def __init__(self, kernel: Any) -> None:
+        self.kernel = kernel
+
+    @property
+    def pid(self) -> int:
+        return os.getpid()
+
+    @property
+    def liveupdate_number(self) -> int:
+        return int(self.kernel.liveupdate_number)
+
+    @property
+    def stats(self) -> UpdateStats | None:
+        stats: UpdateStats | None = self.kernel.stats
+        return stats
+
+    def devices(self) -> dict[str, DeviceView]:
+        return {
+            d.name: DeviceView(
+                d.name, d.driver.name if d.driver else None, d.requested, d.preserved, d.reclaimed
+            )
+            for d in self.kernel.devices.devices()
+        }
+
+    def request(self, device: str) -> None:
+        self.kernel.devices.request(device)
+
+    def _contract(self) -> Any:
+        for result in self.kernel.registry.pm.hook.luo_contracts():
+            for contract in result or ():
+                if contract.name == CONTRACT:
+                    return contract
+        raise NotFoundError(f"no contract {CONTRACT!r} in this kernel's packs")
+
+    def workload(self, device: str) -> None:
+        self._contract().workload(self.kernel.devices[device])
+
+    def snapshot(self, device: str) -> object:
+        return self._contract().snapshot(self.kernel.devices[device])
+
+    def manifest(self) -> dict[str, Any]:
+        manifest: dict[str, Any] = self.kernel.manifest()
+        return manifest
+
+    def prepare(self, target: Mapping[str, Any] | None) -> None:
+        self.kernel.prepare(target=target)
+
+    def kexec(self, during_blackout: Callable[[], None] | None = None) -> _Local:
+        return _Local(self.kernel.kexec(during_blackout=during_blackout))
+
+    def finish(self) -> None:
+        self.kernel.finish()
+
+    def packs(self) -> list[dict[str, Any]]:
+        return [
+            {"name": p.origin.distribution, "version": p.origin.version, "status": p.status}
+            for p in self.kernel.registry.packs
+        ]
+
+    def write_sysfs(self, path: Path) -> None:
+        from luo_core.kernel._sysfs import write_sysfs
+
+        write_sysfs(self.kernel, path)
+
+    def handoff(self) -> bytes:
+        from luo_core.abi import save_image
+
+        if self.kernel.kho_root is None:
+            raise NotFoundError("this kernel was cold-booted: it has no handoff")
+        return save_image(self.kernel.memory, self.kernel.kho_root)
+
+    def shutdown(self) -> None:
+        pass  # the hardware powers off under it, and it goes with this process
+
+
+def _pack(text: str) -> dict[str, Any]:
+    """A kernel process's ``distribution version status`` line, as an object."""
+    parts = text.split(" ")
+    if len(parts) != 3:
+        return {"name": text, "version": None, "status": None}
+    name, version, status = parts
+    return {"name": name, "version": version, "status": status}
+
+
+def previous_abi(manifest: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
+    """``manifest`` as the previous release would read it: each schema whose pack
+    has a rollback writer for the version before its own is capped there.
+
+    The schemas capped, with the version they will be written at, come second.
+    """
+    target = copy.deepcopy(dict(manifest))
+    lowered: dict[str, int] = {}
+    for compatible, entry in target["schemas"].items():
+        older = entry["version"] - 1
+        if older in entry["writes"] and entry["min_version"] <= older:
+            entry["version"] = older
+            entry["writes"] = [v for v in entry["writes"] if v < older]
+            entry["migrations"] = [v for v in entry["migrations"] if v < older]
+            lowered[compatible] = older
+    return target, lowered
+
+
+class _Powered(Protocol):
+    pid: int
+
+    def control(self, device: str, op: str, args: Mapping[str, Any] | None = None) -> object: ...
+    def stats(self) -> dict[str, int]: ...
+
+
+@contextlib.contextmanager
+def _power_on(machine: Machine, options: Options) -> Iterator[tuple[_Powered, DemoKernel]]:
+    """The hardware on and the first kernel booted; both go at the end."""
+    if options.inproc:
+        from luo_core.kernel._kernel import Kernel
+
+        with Hardware(machine) as local:
+            local_hw: Any = local
+            local_hw.pid = os.getpid()
+            yield local_hw, _Local(Kernel.boot(local, workers=options.workers))
+        return
+    config = KernelConfig(workers=options.workers)
+    with HardwareProcess(machine, log=options.log) as hardware:
+        kernel = KernelProcess.boot(hardware, config, log=options.log)
+        yield hardware, _Remote(kernel, options.next_python)
+
+
+class _Runner:
+    """One run: the kernel in charge changes at every kexec."""
+
+    def __init__(self, machine: Machine, options: Options, hardware: _Powered, say: Say) -> None:
+        self.options = options
+        self.hardware = hardware
+        self.say = say
+        self.specs = machine.devices
+        self.nics = [n for n, d in machine.devices.items() if d.compatible == EXAMPLE_NIC]
+        self.run = Run(options, hardware.pid)
+        self.armed: list[str] = []
+        """The NICs whose workload runs (none without the example pack)."""
+
+    def sample(self) -> NicSample:
+        return {nic: _registers(self.hardware.control(nic, "counters")) for nic in self.nics}
+
+    def sysfs(self, kernel: DemoKernel) -> None:
+        if self.options.run_dir is not None:
+            kernel.write_sysfs(self.options.run_dir)
+
+    def arm(self, kernel: DemoKernel, *, request: bool) -> None:
+        """Request every device without children (live runs) and start the NICs' workload."""
+        if request:
+            parents = {spec.parent for spec in self.specs.values()}
+            for dev in kernel.devices().values():
+                if dev.name in parents or dev.requested:
+                    continue
+                try:
+                    kernel.request(dev.name)
+                except DeviceError as exc:
+                    self.run.refused.setdefault(dev.name, str(exc))
+        self.armed = []
+        for nic in self.nics:
+            with contextlib.suppress(NotFoundError):  # without the example pack, no traffic
+                kernel.workload(nic)
+                self.armed.append(nic)
+
+    def snapshots(self, kernel: DemoKernel) -> dict[str, object]:
+        found: dict[str, object] = {}
+        for nic in self.armed:
+            # A device that failed to restore has no driver state to show: not kept.
+            with contextlib.suppress(Exception):
+                found[nic] = kernel.snapshot(nic)
+        return found
+
+    def live(self, kernel: DemoKernel, number: int) -> tuple[DemoKernel, Step]:
+        total = self.options.updates
+        self.say(f"update {number}/{total}: prepare")
+        target, lowered = previous_abi(kernel.manifest()) if number == 1 else (None, {})
+        kept_before = self.snapshots(kernel)
+        start = now_ns()
+        kernel.prepare(target if lowered else None)
+        self.sysfs(kernel)
+        before = self.sample()
+        old_pid = kernel.pid
+        self.say(f"update {number}/{total}: freeze, kexec, restore")
+        asked = now_ns()
+        kernel = kernel.kexec()
+        up = now_ns()
+        after = self.sample()
+        devices = kernel.devices()
+        kept_after = self.snapshots(kernel)
+        self.sysfs(kernel)
+        if number == total and self.options.save_handoff is not None:
+            self.options.save_handoff.write_bytes(kernel.handoff())
+        if number == 1:
+            self.run.devices = devices
+        self.say(f"update {number}/{total}: finish")
+        kernel.finish()
+        self.sysfs(kernel)
+        end = now_ns()
+        reset = frozenset(n for n in self.nics if not devices[n].preserved)
+        step = Step(
+            number,
+            old_pid,
+            kernel.pid,
+            start,
+            asked,
+            up,
+            end,
+            kernel.stats,
+            before,
+            after,
+            reset,
+            lowered,
+            {
+                nic: nic in kept_after and kept_after[nic] == kept_before.get(nic)
+                for nic in kept_before
+            },
+        )
+        self.say(f"update {number}/{total}: requesting devices, restarting the workload")
+        self.arm(kernel, request=True)
+        self.sysfs(kernel)
+        return kernel, step
+
+    def cold(self, kernel: DemoKernel, number: int) -> tuple[DemoKernel, Step]:
+        self.say(f"reboot {number}/{self.options.updates}: kexec, probe")
+        before = self.sample()
+        old_pid = kernel.pid
+        gone: list[int] = []
+        asked = now_ns()
+        kernel = kernel.kexec(lambda: gone.append(now_ns()))  # nothing prepared: a plain kexec
+        up = now_ns()
+        after = self.sample()
+        if number == 1:
+            self.run.devices = kernel.devices()
+        self.sysfs(kernel)
+        every = frozenset(self.nics)
+        step = Step(
+            number,
+            old_pid,
+            kernel.pid,
+            asked,
+            asked,
+            up,
+            up,
+            None,
+            before,
+            after,
+            every,
+            gone_ns=gone[0] if gone else None,
+        )
+        self.say(f"reboot {number}/{self.options.updates}: restarting the workload")
+        self.arm(kernel, request=False)
+        return kernel, step
+
+
+def run_demo(machine: Machine, options: Options, say: Say = _quiet) -> Run:
+    """Power the host on, boot, run ``options.updates`` updates (or cold reboots), report."""
+    say("powering on the hardware, booting the first kernel")
+    with _power_on(machine, options) as (hardware, kernel):
+        runner = _Runner(machine, options, hardware, say)
+        run = runner.run
+        try:
+            faults_before = hardware.stats()
+            run.first_pid = kernel.pid
+            say("requesting devices, starting the NICs' workload")
+            runner.arm(kernel, request=options.mode == "live")
+            runner.sysfs(kernel)
+            previous = runner.sample()
+            for number in range(1, options.updates + 1):
+                if options.mode == "live":
+                    kernel, step = runner.live(kernel, number)
+                else:
+                    kernel, step = runner.cold(kernel, number)
+                run.steps.append(step)
+                run.totals.add(nic_traffic(previous, step.before, frozenset()))
+                run.totals.add(step.traffic)
+                previous = step.after
+            end = runner.sample()
+            run.totals.add(nic_traffic(previous, end, frozenset()))
+            faults_after = hardware.stats()
+            run.totals.add(hardware_faults(faults_before, faults_after))
+            run.posted = {
+                key: faults_after[key] - faults_before[key]
+                for key in ("posted", "notified", "suppressed")
+            }
+            run.nics = dict(end)
+            run.packs = kernel.packs()
+            run.liveupdate_number = kernel.liveupdate_number
+            return run
+        finally:
+            kernel.shutdown()
+
+
+def _registers(value: object) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise DeviceError(f"a NIC reported its counters as {type(value).__name__}")
+    return value
