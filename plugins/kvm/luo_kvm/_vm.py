@@ -288,6 +288,10 @@ class Vm:
     def start(self, steps: int | None = None) -> None:
         """Run every vCPU's thread; with ``steps``, each stops after that many more steps
         (a pause point)."""
+        self._startable()
+        self._spawn(steps)
+
+    def _startable(self) -> None:
         if self.running:
             raise BusyError(f"vm {self.name} is running")
         self.kvm.changing(f"vm {self.name}: start")
@@ -300,7 +304,6 @@ class Vm:
         if not self.vcpus:
             raise InvalidArgumentError(f"vm {self.name} has no vcpu")
         self._chunks(0, GUEST_DATA_SIZE)  # EFAULT unless the guest data page is mapped
-        self._spawn(steps)
 
     def _spawn(self, steps: int | None) -> None:
         self._stop = threading.Event()
@@ -338,11 +341,12 @@ class Vm:
 
     def resume(self) -> int:
         """Run the VM again in this kernel; the CLOCK_MONOTONIC ns it resumed at."""
-        beats = [self.heartbeat(v.index).last_ns for v in self.vcpus]
-        self.start()
+        self._startable()
+        if not self.paused_ns:  # the last heartbeat before the update, from guest memory
+            self.paused_ns = max((self.heartbeat(v.index).last_ns for v in self.vcpus), default=0)
+        # Taken before any vCPU runs: the guest's next heartbeat is later than this.
         self.resumed_ns = time.monotonic_ns()
-        if not self.paused_ns:
-            self.paused_ns = max(beats, default=0)
+        self._spawn(None)
         return self.resumed_ns
 
     # -- what the guest keeps -------------------------------------------------------------

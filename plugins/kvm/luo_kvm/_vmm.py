@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from luo_core import Command, LiveUpdateDevice
-from luo_core.errors import InvalidArgumentError
+from luo_core.errors import BusyError, InvalidArgumentError
 from luo_kvm._kvm import Kvm, kvm_of
 
 if TYPE_CHECKING:
@@ -95,8 +95,10 @@ class Vmm:
         for name in names:
             vm = kvm.vm(name)
             session = luo.create_session(session_name(vm.name))
-            for slot, fd in sorted(self._fds.get(vm.name, {}).items()):
-                session.preserve_fd(fd, slot)
+            for slot, ms in sorted(vm.memslots.items()):
+                if ms.gmem.fd is None:
+                    raise BusyError(f"vm {vm.name}: memslot {slot} has no guest_memfd file yet")
+                session.preserve_fd(ms.gmem.fd, slot)
             done.append(session.name)
         for dev in self.kernel.devices.devices():
             if dev.driver_data is kvm and not dev.requested:
