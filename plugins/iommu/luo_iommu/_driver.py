@@ -410,18 +410,17 @@ class Iommu(DeviceDriverOps):
 
     def restore(self, dev: Device, data: IommuRecord) -> None:
         """Adopt the running unit: check everything, then take it all at once."""
-        regs = dev.regs
-        if not regs["gsts"] & GCMD_TE:
-            raise DeviceError(f"{dev.name}: translation was turned off across kexec")
-        if regs["rtaddr"] != data.root_table:
-            raise DeviceError(
-                f"{dev.name}: translating at root table {regs['rtaddr']:#x}, "
-                f"{data.root_table:#x} handed over"
-            )
         handed = self.kernel.kho_in
         preserved = handed.preserved if handed is not None else ()
         size = self.kernel.memory.size
         root = check_page(data.root_table, preserved, size, "root table")
+        regs = dev.regs
+        if not regs["gsts"] & GCMD_TE:
+            raise DeviceError(f"{dev.name}: translation was turned off across kexec")
+        if regs["rtaddr"] != root:
+            raise DeviceError(
+                f"{dev.name}: translating at root table {regs['rtaddr']:#x}, {root:#x} handed over"
+            )
         claimed: set[int] = {root}
         contexts: dict[int, int] = {}
         for bus, table in data.context_tables.items():
@@ -572,7 +571,7 @@ def iommu_of(kernel: Kernel) -> Iommu:
     # device's driver data is the Iommu itself.
     for dev in kernel.devices.values():
         ops = dev.driver_data
-        if dev.compatible == COMPATIBLE and isinstance(ops, Iommu) and dev.driver is not None:
-            if ops.probed:
-                return ops
+        bound = dev.compatible == COMPATIBLE and dev.driver is not None
+        if bound and isinstance(ops, Iommu) and ops.probed:
+            return ops
     raise NotFoundError(f"{DRIVER}: no {COMPATIBLE!r} device is bound (dmar0 missing?)")

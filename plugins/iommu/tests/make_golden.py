@@ -1,4 +1,4 @@
-"""Writes the pack's golden records: ``python plugins/iommu/tests/golden.py`` (see README)."""
+"""Writes the pack's golden records: ``python plugins/iommu/tests/make_golden.py VERSION`` (see README)."""
 
 from __future__ import annotations
 
