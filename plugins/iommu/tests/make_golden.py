@@ -1,4 +1,4 @@
-"""Writes the pack's golden records: ``python plugins/iommu/tests/make_golden.py VERSION`` (see README)."""
+"""Writes the golden records: ``python plugins/iommu/tests/make_golden.py VERSION``."""
 
 from __future__ import annotations
 
