@@ -76,8 +76,10 @@ def test_the_host_files_updates_run_one_after_another(live: dict[str, Any]) -> N
         assert "device:0000:01:00.0" in entry["phases"]["restore"]["participants_ms"]
         assert entry["threads_left"] == []
     assert [t["pids"]["new"] for t in live["timeline"]] == kernels[1:]
-    # No VMs on this host: nothing is made up, one empty list per update.
-    assert live["vm_blackout_ms"] == [[], []]
+    # The VMs saw each update as a stall of their heartbeat: from their last heartbeat
+    # before freeze to their first after the VMM resumed them, so at least that pause.
+    for seen, entry in zip(live["vm_blackout_ms"], live["timeline"], strict=True):
+        assert seen == entry["vm_blackout_ms"] >= max(entry["vm_pauses_ms"].values()) > 0
     devices = {d["name"]: d for d in live["devices"]}
     assert {n for n, d in devices.items() if d["reclaimed"]} >= NICS
     assert not devices["0000:00:1f.0"]["preserved"] and devices["0000:00:1f.0"]["refused"]
@@ -119,10 +121,30 @@ def test_a_live_run_loses_no_frame_and_says_what_it_did_not_measure(live: dict[s
     assert (packets["lost"], packets["duplicated"]) == (0, 0)
     assert sum(t["packets"]["received"] for t in live["timeline"]) <= packets["received"]
     assert live["io"] == {"submitted": 0, "completed": 0, "lost": 0}
-    assert live["interrupts"] == {"raised": 0, "delivered": 0, "lost": 0, "spurious": 0}
-    assert set(live["unmeasured"]) == {"io", "interrupts", "vm_blackout_ms"}
+    assert set(live["unmeasured"]) == {"io"}
     assert (live["dma_faults"], live["interrupt_faults"]) == (0, 0)
     assert set(live["posted_interrupts"]) == {"posted", "notified", "suppressed"}
+
+
+def test_the_vms_guests_counted_every_frame_and_interrupt_through_the_updates(
+    live: dict[str, Any],
+) -> None:
+    """The guests count by sequence number in their own memory, which every update kept:
+    their NICs DMA-ed through the IOMMU and posted MSIs through the whole run."""
+    vms = {vm["name"]: vm for vm in live["vms"]}
+    assert set(vms) == {"vm0", "vm1"}
+    for vm in vms.values():
+        assert vm["packets"]["received"] > 0
+        assert (vm["packets"]["lost"], vm["packets"]["duplicated"]) == (0, 0)
+        assert vm["interrupts"]["delivered"] > 0
+        assert vm["heartbeat"] > 0 and len(vm["stalls_ms"]) >= 2  # one per update at least
+    irq = live["interrupts"]
+    assert irq["lost"] == 0 and live["stranded_frames"] == {}
+    # Posted interrupts coalesce: fewer deliveries than MSIs, never more.
+    assert 0 < irq["delivered"] <= irq["raised"] + irq["spurious"]
+    for entry in live["timeline"]:
+        assert set(entry["vm_pauses_ms"]) == {"vm0", "vm1"}
+        assert "device:dmar0" in entry["phases"]["restore"]["participants_ms"]
 
 
 def test_the_trace_holds_the_whole_run_with_a_track_per_participant(
@@ -171,14 +193,21 @@ def test_the_text_tells_each_update_and_the_totals(capsys: pytest.CaptureFixture
     assert out.startswith("luo demo: live updates #1 to #3 of the built-in host (in this process)")
     lines = out.splitlines()
     start = lines.index("devices:") + 1
-    drawn = [re.findall(r"^[│├└─ ]*\S+", line[2:])[0] for line in lines[start : start + 7]]
+    drawn = [re.findall(r"^[│├└─ ]*\S+", line[2:])[0] for line in lines[start : start + 14]]
     assert drawn == [
+        "dmar0",
+        "ir0",
+        "kvm",
         "pci0000:00",
         "├── 0000:00:01.0",
         "│   ├── 0000:01:00.0",
         "│   └── 0000:01:00.1",
         "├── 0000:00:02.0",
         "│   └── 0000:02:00.0",
+        "├── 0000:00:03.0",
+        "│   └── 0000:03:00.0",
+        "├── 0000:00:04.0",
+        "│   └── 0000:04:00.0",
         "└── 0000:00:1f.0",
     ]
     assert out.count("devices:") == 1  # the tree once
@@ -195,6 +224,8 @@ def test_the_text_tells_each_update_and_the_totals(capsys: pytest.CaptureFixture
     assert f"migrated device:0000:01:00.0: {NIC_STATE} v2 -> v3" in out
     assert re.search(r"^  restore +\d+\.\d\d ms   slowest: \S+ \d+\.\d\d ms", out, re.M)
     assert len(re.findall(r"^  blackout \d+\.\d\d ms .*frames lost 0 of \d+$", out, re.M)) == 3
+    assert len(re.findall(r"^  VMs saw a pause of \d+\.\d\d ms", out, re.M)) == 3
+    assert re.search(r"^  interrupts: raised \d+, delivered \d+ .*lost 0", out, re.M)
     assert re.search(r"^  packets: sent (\d+), received \1, lost 0, duplicated 0", out, re.M)
     assert "  DMA faults: 0; interrupt-remapping faults: 0" in lines
     assert f"  migrations: 3 records ({NIC_STATE} v2 -> v3)" in lines
@@ -215,6 +246,8 @@ def test_cold_reboots_lose_frames_that_live_updates_keep(
     for entry in cold["timeline"]:
         assert entry["mode"] == "cold" and list(entry["phases"]) == ["kexec"]
         assert 0 < entry["no_kernel_ms"] <= entry["blackout_ms"]
+    # The VMs were restarted: the guests saw an outage at every reboot.
+    assert len(cold["vm_blackout_ms"]) == 2 and all(v > 0 for v in cold["vm_blackout_ms"])
     # Every device was reset and probed afresh: none preserved, every NIC counted drops.
     assert not any(d["preserved"] for d in cold["devices"])
     assert all(cold["nics"][nic]["rx_dropped_during_kexec"][0] > 0 for nic in NICS)

@@ -77,9 +77,27 @@ def documented_example() -> str:
 
 
 def test_the_built_in_host_file_describes_the_demo_host() -> None:
+    """The live platform: the remapping units and /dev/kvm, the host's NICs as
+    ``default_host`` has them, and two VMs each given a NIC alone in its IOMMU group."""
     host = load_host(DEFAULT_HOST_TOML)
-    assert host.machine.to_wire() == default_host(rx_pps=100_000).to_wire()
-    assert (host.updates, host.vms) == (3, ())
+    devices = host.machine.devices
+    assert {devices[n].compatible for n in ("dmar0", "ir0", "kvm")} == {
+        "intel,vtd",
+        "intel,vtd-ir",
+        "luo,kvm",
+    }
+    host_nics = default_host(rx_pps=100_000).devices
+    assert all(
+        (devices[n].compatible, devices[n].parent, devices[n].params)
+        == (spec.compatible, spec.parent, spec.params)
+        for n, spec in host_nics.items()
+    )
+    assert host.updates == 3 and len(host.vms) == 2
+    groups = [d.iommu_group for d in devices.values()]
+    for vm in host.vms:
+        (nic,) = vm.devices
+        assert devices[nic].compatible == "luo,example-nic" and nic not in host_nics
+        assert groups.count(devices[nic].iommu_group) == 1
 
 
 def test_the_documented_host_with_vms_loads_as_the_page_says() -> None:
@@ -88,12 +106,12 @@ def test_the_documented_host_with_vms_loads_as_the_page_says() -> None:
     assert (machine.memory_size, machine.scratch_size) == (8 << 30, 64 << 20)
     assert host.updates == 3
     assert host.vms == (
-        VmSpec("web", 2 << 30, 4, ("0000:01:00.0",)),
-        VmSpec("db", 1 << 30, 2, ("0000:02:00.0",)),
-        VmSpec("batch", 512 << 20, 1, ()),
+        VmSpec("web", 64 << 20, 4, ("0000:01:00.0",)),
+        VmSpec("db", 32 << 20, 2, ("0000:02:00.0",)),
+        VmSpec("batch", 16 << 20, 1, ()),
     )
     nic = machine.devices["0000:01:00.0"]
-    assert (nic.bus, nic.parent, dict(nic.params)) == ("pci", "0000:00:01.0", {"rx_pps": 250_000})
+    assert (nic.bus, nic.parent, dict(nic.params)) == ("pci", "0000:00:01.0", {"rx_pps": 2_000})
     # Functions behind a bridge without ACS, put in one group by hand: never passed through.
     assert (
         machine.devices["0000:03:00.0"].iommu_group == machine.devices["0000:03:00.1"].iommu_group
@@ -108,7 +126,8 @@ SIZES += [('"512MiB"', 512 << 20), ('"2 G"', 2 << 30), ('"512 GiB"', 512 << 30)]
 
 @pytest.mark.parametrize(("written", "size"), SIZES)
 def test_sizes_are_bytes_or_a_number_with_a_binary_unit(written: str, size: int) -> None:
-    host = load_host(f'memory = "1T"\n[[vm]]\nname = "a"\nmemory = {written}\n')
+    kvm = '[[device]]\nname = "kvm"\ncompatible = "luo,kvm"\n'
+    host = load_host(f'memory = "1T"\n{kvm}[[vm]]\nname = "a"\nmemory = {written}\n')
     assert host.machine.memory_size == 1 << 40
     assert host.vms[0].memory_size == size
 
@@ -363,7 +382,10 @@ def test_demo_runs_the_host_a_file_describes(
     assert [d["name"] for d in summary["devices"]] == list(
         load_host(path.read_text()).machine.devices
     )
-    assert set(summary["nics"]) == {"0000:01:00.0", "0000:02:00.0", "0000:03:00.0", "0000:03:00.1"}
+    # The NICs passed to the VMs are counted by their guests, the others by their counters.
+    assert set(summary["nics"]) == {"0000:03:00.0", "0000:03:00.1"}
+    assert {vm["name"] for vm in summary["vms"]} == {"web", "db", "batch"}
+    assert summary["packets"]["lost"] == summary["packets"]["duplicated"] == 0
     assert summary["liveupdate_number"] == summary["updates"] == 3  # the file's updates run
 
 

@@ -176,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
         save_handoff=args.save_handoff,
         run_dir=run_dir,
         log=log_level(args.log_verbosity),
+        vms=host.vms,
     )
     with Progress("demo") as progress:
         result = run_demo(host.machine, options, progress)

@@ -13,9 +13,10 @@ from luo_core.cli._demo_run import Run, Step
 SLOWEST = 2
 """How many participants the text names per phase."""
 UNMEASURED = {
-    "io": "no source reports I/O yet: VMs' guest counters will",
-    "interrupts": "no source reports interrupts yet: VMs' guest counters will",
-    "vm_blackout_ms": "the host runs no VMs: one empty list per update",
+    "io": "no device in this host does I/O (storage comes with NVMe)",
+    "interrupts": "no VM counts interrupts: the host runs none",
+    "packets": "no NIC or VM counts frames",
+    "vm_blackout_ms": "the host runs no VMs: null for every update",
 }
 
 
@@ -46,6 +47,10 @@ def _timeline(step: Step, mode: str) -> dict[str, Any]:
         "mode": mode,
         "pids": {"old": step.old_pid, "new": step.new_pid},
         "blackout_ms": _ms(step.blackout_ns),
+        "vm_blackout_ms": _ms(step.vm_blackout_ns),
+        "vm_pauses_ms": {
+            vm: _ms(resumed - paused) for vm, (paused, resumed) in step.vm_pauses.items()
+        },
         **step.traffic.to_json(),
     }
     del entry["io"], entry["interrupts"], entry["dma_faults"], entry["interrupt_faults"]
@@ -78,14 +83,17 @@ def summary(run: Run) -> dict[str, Any]:
         "updates": len(run.steps),
         "liveupdate_number": run.liveupdate_number,
         "blackout_ms": [_ms(step.blackout_ns) for step in run.steps],
-        "vm_blackout_ms": [[] for _ in run.steps],
+        "vm_blackout_ms": [_ms(step.vm_blackout_ns) for step in run.steps],
         **run.totals.to_json(),
         "posted_interrupts": dict(run.posted),
         "unmeasured": {
             key: why
             for key, why in UNMEASURED.items()
-            if key.split("_")[0] not in run.totals.sources
+            if (key == "vm_blackout_ms" and not options.vms)
+            or (key != "vm_blackout_ms" and key not in run.totals.sources)
         },
+        "vms": [_vm(vm) for vm in run.vms],
+        "stranded_frames": dict(run.stranded),
         "migrations": [m for step in run.steps for m in _migrations(step)],
         "pids": {
             "hardware": run.hardware_pid,
@@ -114,6 +122,17 @@ def summary(run: Run) -> dict[str, Any]:
             for name, regs in run.nics.items()
         },
         "timeline": [_timeline(step, options.mode) for step in run.steps],
+    }
+
+
+def _vm(vm: Mapping[str, Any]) -> dict[str, Any]:
+    """A VM as its guest counted, at the end of the run."""
+    return {
+        "name": vm["name"],
+        "heartbeat": vm["heartbeat"],
+        "max_gap_ms": _ms(vm["max_gap_ns"]),
+        "stalls_ms": [_ms(gap) for _, gap in vm.get("stalls", [])],
+        **vm["counters"],
     }
 
 
@@ -200,10 +219,16 @@ def _step_lines(entry: Mapping[str, Any], total: int) -> list[str]:
         lines.append(line + ("" if phase["ok"] else "   FAILED"))
     blackout = entry["blackout_ms"]
     shown = "unknown" if blackout is None else f"{blackout:.2f} ms"
+    until = "last VM resumed" if entry["vm_pauses_ms"] else "last restore"
     lines.append(
-        f"  blackout {shown} (freeze start to last restore); "
-        f"frames lost {packets['lost']} of {packets['sent']}"
+        f"  blackout {shown} (freeze start to {until}); "
+        f"host NICs' frames lost {packets['lost']} of {packets['sent']}"
     )
+    if entry["vm_blackout_ms"] is not None:
+        lines.append(
+            f"  VMs saw a pause of {entry['vm_blackout_ms']:.2f} ms (their longest "
+            "heartbeat gap across the update)"
+        )
     for m in entry["migrations"]:
         lines.append(
             f"  migrated {m['participant']}: {m['compatible']} "
@@ -225,15 +250,35 @@ def _totals(report: Mapping[str, Any]) -> list[str]:
             f"  {what}: min {min(blackouts):.2f} ms, mean {sum(blackouts) / len(blackouts):.2f} "
             f"ms, max {max(blackouts):.2f} ms over {len(blackouts)}"
         )
+    vm_blackouts = [b for b in report["vm_blackout_ms"] if b is not None]
+    if vm_blackouts:
+        lines.append(
+            f"  VM-observed {'outage' if cold else 'blackout'}: min {min(vm_blackouts):.2f} ms, "
+            f"max {max(vm_blackouts):.2f} ms (the guests' heartbeats)"
+        )
+    counted = "the NICs' counters" + (", the guests' sequence numbers" if report["vms"] else "")
     lines.append(
         f"  packets: sent {packets['sent']}, received {packets['received']}, "
-        f"lost {packets['lost']}, duplicated {packets['duplicated']} (the NICs' counters)"
+        f"lost {packets['lost']}, duplicated {packets['duplicated']} ({counted})"
     )
+    if "interrupts" not in report["unmeasured"]:
+        irq = report["interrupts"]
+        lines.append(
+            f"  interrupts: raised {irq['raised']}, delivered {irq['delivered']} (posted ones "
+            f"coalesce), lost {irq['lost']}, spurious {irq['spurious']}"
+        )
+    for vm in report["vms"]:
+        lines.append(
+            f"  {vm['name']}: heartbeat {vm['heartbeat']}, frames received "
+            f"{vm['packets']['received']}, lost {vm['packets']['lost']}, duplicated "
+            f"{vm['packets']['duplicated']}; interrupts {vm['interrupts']['delivered']} "
+            f"({vm['interrupts']['spurious']} spurious)"
+        )
     lines.append(
         f"  DMA faults: {report['dma_faults']}; interrupt-remapping faults: "
         f"{report['interrupt_faults']}"
     )
-    for key in ("io", "interrupts"):
+    for key in ("io",):
         if key in report["unmeasured"]:
             lines.append(f"  {key}: not measured ({report['unmeasured'][key]})")
     migrations = report["migrations"]
@@ -259,9 +304,11 @@ def _totals(report: Mapping[str, Any]) -> list[str]:
             "running through its blackout."
         )
     else:
+        guests = " and the VMs only paused" if report["vms"] else ""
         lines.append(
-            f"live: the preserved NICs kept running through {n} updates: {packets['lost']} "
-            "frames lost; a cold reboot (luo demo --cold) resets every device instead."
+            f"live: the preserved devices kept running through {n} updates{guests}: "
+            f"{packets['lost']} frames lost; a cold reboot (luo demo --cold) resets every "
+            "device and restarts the VMs instead."
         )
     return lines
 

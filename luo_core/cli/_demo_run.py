@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,9 +26,10 @@ from luo_core.abi._boot import KernelConfig
 from luo_core.abi._machine import Machine
 from luo_core.abi._stats import UpdateStats, now_ns
 from luo_core.cli._demo_traffic import Counters, NicSample, hardware_faults, nic_traffic
+from luo_core.cli._demo_vms import Guests, GuestSample, driver_override, guest_counters, stall_over
 from luo_core.errors import DeviceError, NotFoundError
 from luo_core.kexec import KernelProcess
-from luo_core.platform import EXAMPLE_NIC, Hardware, HardwareProcess
+from luo_core.platform import EXAMPLE_NIC, Hardware, HardwareProcess, VmSpec
 
 Say = Callable[[str], None]
 CONTRACT = "example-nic"
@@ -61,6 +63,9 @@ class Options:
     save_handoff: Path | None = None
     run_dir: Path | None = None
     log: str = "warning"
+    vms: tuple[VmSpec, ...] = ()
+    """The host's VMs: started after boot, preserved and resumed at every update (live),
+    restarted after every reboot (cold)."""
 
 
 @attrs.define
@@ -92,6 +97,13 @@ class Step:
     gone_ns: int | None = None
     """Cold: when the old kernel was gone (its devices shut down and reset) and no
     kernel ran."""
+    vm_resumed_ns: int | None = None
+    """Live: when the VMM had resumed the last VM in the new kernel."""
+    vm_blackout_ns: int | None = None
+    """The longest pause a guest saw across this step (its heartbeat's stall); cold: from
+    the old VMs' last heartbeat to the new VMs started."""
+    vm_pauses: dict[str, tuple[int, int]] = attrs.field(factory=dict)
+    """Live: per VM, when its vCPUs last ran before the update and when they resumed."""
 
     @property
     def traffic(self) -> Counters:
@@ -106,7 +118,8 @@ class Step:
             return self.up_ns - self.kexec_ns
         if self.stats.freeze_start_ns is None or self.stats.restore_end_ns is None:
             return None
-        return self.stats.restore_end_ns - self.stats.freeze_start_ns
+        end = max(self.stats.restore_end_ns, self.vm_resumed_ns or 0)
+        return end - self.stats.freeze_start_ns
 
 
 @attrs.define
@@ -127,6 +140,10 @@ class Run:
     """What the posting unit posted, notified and suppressed during the run."""
     liveupdate_number: int = 0
     first_pid: int = 0
+    vms: list[Mapping[str, Any]] = attrs.field(factory=list)
+    """Each VM as the VMM last reported it (its guest's counters and heartbeat)."""
+    stranded: dict[str, int] = attrs.field(factory=dict)
+    """VM NICs whose received frames the guest never took, after the links stopped."""
 
 
 class DemoKernel(Protocol):
@@ -149,6 +166,7 @@ class DemoKernel(Protocol):
     def packs(self) -> list[dict[str, Any]]: ...
     def write_sysfs(self, path: Path) -> None: ...
     def handoff(self) -> bytes: ...
+    def command(self, name: str, args: Mapping[str, Any] | None = None) -> Any: ...
     def shutdown(self) -> None: ...
 
 
@@ -206,6 +224,9 @@ class _Remote:
 
     def handoff(self) -> bytes:
         return self.kernel.handoff()
+
+    def command(self, name: str, args: Mapping[str, Any] | None = None) -> Any:
+        return self.kernel.command(name, args)
 
     def shutdown(self) -> None:
         self.kernel.shutdown()
@@ -285,8 +306,13 @@ class _Local:
             raise NotFoundError("this kernel was cold-booted: it has no handoff")
         return save_image(self.kernel.memory, self.kernel.kho_root)
 
+    def command(self, name: str, args: Mapping[str, Any] | None = None) -> Any:
+        return self.kernel.command(name, args)
+
     def shutdown(self) -> None:
-        pass  # the hardware powers off under it, and it goes with this process
+        # The VMs' vCPUs are threads of this process: stop them before the hardware goes.
+        with contextlib.suppress(Exception):
+            self.kernel.command("vmm-stop", {})
 
 
 def _pack(text: str) -> dict[str, Any]:
@@ -298,15 +324,25 @@ def _pack(text: str) -> dict[str, Any]:
     return {"name": name, "version": version, "status": status}
 
 
-def previous_abi(manifest: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
-    """``manifest`` as the previous release would read it: each schema whose pack
-    has a rollback writer for the version before its own is capped there.
+UPGRADED = frozenset({"luo,example-nic-state"})
+"""The records the demo's first update upgrades: the example NIC pack's new release.
+(Other packs' rollback writers refuse state their previous release could not run, such
+as a passed-through device with routed MSIs.)"""
+
+
+def previous_abi(
+    manifest: Mapping[str, Any], upgraded: frozenset[str] = UPGRADED
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """``manifest`` as the previous release would read it: each schema of ``upgraded``
+    whose pack has a rollback writer for the version before its own is capped there.
 
     The schemas capped, with the version they will be written at, come second.
     """
     target = copy.deepcopy(dict(manifest))
     lowered: dict[str, int] = {}
     for compatible, entry in target["schemas"].items():
+        if compatible not in upgraded:
+            continue
         older = entry["version"] - 1
         if older in entry["writes"] and entry["min_version"] <= older:
             entry["version"] = older
@@ -326,15 +362,17 @@ class _Powered(Protocol):
 @contextlib.contextmanager
 def _power_on(machine: Machine, options: Options) -> Iterator[tuple[_Powered, DemoKernel]]:
     """The hardware on and the first kernel booted; both go at the end."""
+    overrides = driver_override(options.vms)
     if options.inproc:
         from luo_core.kernel._kernel import Kernel
 
         with Hardware(machine) as local:
             local_hw: Any = local
             local_hw.pid = os.getpid()
-            yield local_hw, _Local(Kernel.boot(local, workers=options.workers))
+            booted = Kernel.boot(local, workers=options.workers, driver_override=overrides)
+            yield local_hw, _Local(booted)
         return
-    config = KernelConfig(workers=options.workers)
+    config = KernelConfig(workers=options.workers, driver_override=overrides)
     with HardwareProcess(machine, log=options.log) as hardware:
         kernel = KernelProcess.boot(hardware, config, log=options.log)
         yield hardware, _Remote(kernel, options.next_python)
@@ -348,7 +386,17 @@ class _Runner:
         self.hardware = hardware
         self.say = say
         self.specs = machine.devices
-        self.nics = [n for n, d in machine.devices.items() if d.compatible == EXAMPLE_NIC]
+        self.guests = Guests(options.vms)
+        passed = set(self.guests.nics) if options.mode == "live" else set()
+        # A VM's NICs are counted by its guest (by sequence number) in a live run; in a
+        # cold one the guests start over, so their NICs' hardware counters are used.
+        self.nics = [
+            n
+            for n, d in machine.devices.items()
+            if d.compatible == EXAMPLE_NIC and n not in passed
+        ]
+        self.host_nics = [n for n in self.nics if n not in self.guests.nics]
+        self.life: GuestSample | None = None
         self.run = Run(options, hardware.pid)
         self.armed: list[str] = []
         """The NICs whose workload runs (none without the example pack)."""
@@ -372,7 +420,7 @@ class _Runner:
                 except DeviceError as exc:
                     self.run.refused.setdefault(dev.name, str(exc))
         self.armed = []
-        for nic in self.nics:
+        for nic in self.host_nics:
             with contextlib.suppress(NotFoundError):  # without the example pack, no traffic
                 kernel.workload(nic)
                 self.armed.append(nic)
@@ -391,6 +439,9 @@ class _Runner:
         target, lowered = previous_abi(kernel.manifest()) if number == 1 else (None, {})
         kept_before = self.snapshots(kernel)
         start = now_ns()
+        if self.guests:
+            self.say(f"update {number}/{total}: the VMM preserves its VMs")
+            self.guests.preserve(kernel)
         kernel.prepare(target if lowered else None)
         self.sysfs(kernel)
         before = self.sample()
@@ -399,6 +450,12 @@ class _Runner:
         asked = now_ns()
         kernel = kernel.kexec()
         up = now_ns()
+        resumed = self.guests.resume(kernel) if self.guests else None
+        pauses = {
+            vm["name"]: (int(vm["paused_ns"]), int(vm["resumed_ns"]))
+            for vm in (self.guests.stats(kernel) if self.guests else ())
+            if type(vm.get("resumed_ns")) is int
+        }
         after = self.sample()
         devices = kernel.devices()
         kept_after = self.snapshots(kernel)
@@ -429,6 +486,8 @@ class _Runner:
                 nic: nic in kept_after and kept_after[nic] == kept_before.get(nic)
                 for nic in kept_before
             },
+            vm_resumed_ns=resumed,
+            vm_pauses=pauses,
         )
         self.say(f"update {number}/{total}: requesting devices, restarting the workload")
         self.arm(kernel, request=True)
@@ -437,6 +496,7 @@ class _Runner:
 
     def cold(self, kernel: DemoKernel, number: int) -> tuple[DemoKernel, Step]:
         self.say(f"reboot {number}/{self.options.updates}: kexec, probe")
+        last_beat = self.end_life(kernel)
         before = self.sample()
         old_pid = kernel.pid
         gone: list[int] = []
@@ -464,7 +524,65 @@ class _Runner:
         )
         self.say(f"reboot {number}/{self.options.updates}: restarting the workload")
         self.arm(kernel, request=False)
+        if self.guests:
+            self.say(f"reboot {number}/{self.options.updates}: the VMM starts its VMs afresh")
+            self.start_life(kernel)
+            if last_beat is not None:
+                step.vm_blackout_ns = now_ns() - last_beat
         return kernel, step
+
+    # -- the VMs ---------------------------------------------------------------------
+
+    def guest_sample(self, kernel: DemoKernel) -> GuestSample:
+        raised = {
+            nic: int(_registers(self.hardware.control(nic, "counters"))["irq_raised"])
+            for nic in self.guests.nics
+        }
+        return GuestSample(self.guests.stats(kernel), raised)
+
+    def start_life(self, kernel: DemoKernel) -> None:
+        """The VMM starts the VMs: a new life of their guests begins."""
+        self.guests.start(kernel)
+        self.life = self.guest_sample(kernel)
+
+    def end_life(self, kernel: DemoKernel) -> int | None:
+        """The VMs' guests end a life (a reboot is coming, or the run ends): add what they
+        counted; the last heartbeat any of them wrote."""
+        if not self.guests or self.life is None:
+            return None
+        end = self.guest_sample(kernel)
+        counted = guest_counters(self.life, end)
+        if self.options.mode == "cold":  # the NICs' hardware counters have the frames
+            counted.packets_sent = counted.packets_received = 0
+            counted.packets_lost = counted.packets_duplicated = 0
+            counted.sources.discard("packets")
+        self.run.totals.add(counted)
+        self.run.vms = list(end.stats)
+        self.life = None
+        return max((int(vm.get("last_ns", 0)) for vm in end.stats), default=None)
+
+    def quiesce(self, kernel: DemoKernel, timeout_s: float = 2.0) -> None:
+        """Stop the VMs' links and let the guests take every frame their NICs received: a
+        frame still in a ring after that was signalled by an interrupt that was lost."""
+        for nic in self.guests.nics:
+            self.hardware.control(nic, "link", {"pps": 0})
+        deadline = now_ns() + int(timeout_s * 1e9)
+        waiting = list(self.guests.nics)
+        while waiting:
+            waiting = [nic for nic in waiting if _pending(self.hardware, nic)]
+            if not waiting or now_ns() > deadline:
+                break
+            time.sleep(0.002)  # the guests' own timers run them: give them the CPU
+        self.run.stranded = {nic: _pending(self.hardware, nic) for nic in waiting}
+        self.run.totals.interrupts_lost += len(self.run.stranded)
+
+    def vm_blackouts(self) -> None:
+        """Each live update's VM blackout: the longest stall a guest logged across it."""
+        for step in self.run.steps:
+            if step.stats is None or step.stats.freeze_start_ns is None:
+                continue
+            end = step.vm_resumed_ns or step.stats.restore_end_ns or step.end_ns
+            step.vm_blackout_ns = stall_over(self.run.vms, step.stats.freeze_start_ns, end)
 
 
 def run_demo(machine: Machine, options: Options, say: Say = _quiet) -> Run:
@@ -478,6 +596,9 @@ def run_demo(machine: Machine, options: Options, say: Say = _quiet) -> Run:
             run.first_pid = kernel.pid
             say("requesting devices, starting the NICs' workload")
             runner.arm(kernel, request=options.mode == "live")
+            if runner.guests:
+                say("the VMM starts the VMs")
+                runner.start_life(kernel)
             runner.sysfs(kernel)
             previous = runner.sample()
             for number in range(1, options.updates + 1):
@@ -489,6 +610,11 @@ def run_demo(machine: Machine, options: Options, say: Say = _quiet) -> Run:
                 run.totals.add(nic_traffic(previous, step.before, frozenset()))
                 run.totals.add(step.traffic)
                 previous = step.after
+            if runner.guests:
+                say("stopping the VMs' links, letting the guests catch up")
+                runner.quiesce(kernel)
+                runner.end_life(kernel)
+                runner.vm_blackouts()
             end = runner.sample()
             run.totals.add(nic_traffic(previous, end, frozenset()))
             faults_after = hardware.stats()
@@ -503,6 +629,15 @@ def run_demo(machine: Machine, options: Options, say: Say = _quiet) -> Run:
             return run
         finally:
             kernel.shutdown()
+
+
+def _pending(hardware: _Powered, nic: str) -> int:
+    """Frames in ``nic``'s receive ring that its driver has not taken back."""
+    regs = _registers(hardware.control(nic, "counters"))
+    size = int(regs["rx_ring_size"])
+    if not size:
+        return 0
+    return (int(regs["rx_head"]) - int(regs["rx_tail"]) - 1) % size
 
 
 def _registers(value: object) -> Mapping[str, Any]:

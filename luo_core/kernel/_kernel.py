@@ -148,6 +148,7 @@ class Kernel(Jump, Restore, SessionsApi):
         discover: bool = True,
         workers: int = 1,
         callback_timeout: float | None = None,
+        driver_override: Mapping[str, str] | None = None,
     ) -> Kernel:
         """Cold-boot a kernel in this process (state ``normal``).
 
@@ -159,7 +160,8 @@ class Kernel(Jump, Restore, SessionsApi):
         """
         from luo_core.kexec import boot
 
-        return boot(machine, KernelConfig(plugins, discover, workers, callback_timeout))
+        config = KernelConfig(plugins, discover, workers, callback_timeout, driver_override or {})
+        return boot(machine, config)
 
     def kexec(
         self,

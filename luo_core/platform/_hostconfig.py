@@ -260,6 +260,27 @@ def _vms(machine: Machine, items: list[dict[str, Any]], read: _Reader) -> tuple[
     return tuple(vms.values())
 
 
+KVM: Final = "luo,kvm"
+DMAR: Final = "intel,vtd"
+IR: Final = "intel,vtd-ir"
+
+
+def _platform_for(machine: Machine, vms: tuple[VmSpec, ...], read: _Reader) -> None:
+    """VMs need /dev/kvm; a device passed through needs the remapping units."""
+    have = {spec.compatible for spec in machine.devices.values()}
+    needs = []
+    if vms:
+        needs.append((KVM, "/dev/kvm, for the VMs"))
+    if any(vm.devices for vm in vms):
+        needs.append((DMAR, "the IOMMU, for the devices passed through"))
+        needs.append((IR, "interrupt remapping, for their MSIs"))
+    for compatible, why in needs:
+        if compatible not in have:
+            raise read.error(
+                "vm", f'no device with compatible "{compatible}" ({why}): add a [[device]] for it'
+            )
+
+
 def load_host(source: str | bytes, where: str = "host.toml") -> HostConfig:
     """Read a host file's text (``where`` names it in errors; give it printable).
 
@@ -278,5 +299,6 @@ def load_host(source: str | bytes, where: str = "host.toml") -> HostConfig:
     _devices(machine, read.tables(top.get("device", []), "device", _DEVICE, MAX_DEVICES), read)
     _links(machine, read.tables(top.get("link", []), "link", _LINK, MAX_DEVICES), read)
     vms = _vms(machine, read.tables(top.get("vm", []), "vm", _VM, MAX_VMS), read)
+    _platform_for(machine, vms, read)
     updates = read.integer(top.get("updates", 1), "updates", 1, MAX_UPDATES)
     return HostConfig(machine, updates, vms)

@@ -11,10 +11,23 @@ PCI_BRIDGE = "pci-bridge"
 ISA_BRIDGE = "pci8086,7000"
 
 DEFAULT_HOST_TOML = """\
-# The host luo demo runs: default_host(rx_pps=100_000) as a host file.
+# The host luo demo runs: two VMs, each with a NIC passed through VFIO behind the
+# IOMMU, the host's own NICs, and three live updates in a row.
 memory = "1G"
 scratch = "16M"
 updates = 3
+
+[[device]]          # the DMA-remapping unit (luo-iommu)
+name = "dmar0"
+compatible = "intel,vtd"
+
+[[device]]          # the interrupt-remapping unit (luo-irqchip)
+name = "ir0"
+compatible = "intel,vtd-ir"
+
+[[device]]          # /dev/kvm (luo-kvm)
+name = "kvm"
+compatible = "luo,kvm"
 
 [[device]]
 name = "pci0000:00"
@@ -32,13 +45,25 @@ bus = "pci"
 compatible = "pci-bridge"
 parent = "pci0000:00"
 
+[[device]]
+name = "0000:00:03.0"
+bus = "pci"
+compatible = "pci-bridge"
+parent = "pci0000:00"
+
+[[device]]
+name = "0000:00:04.0"
+bus = "pci"
+compatible = "pci-bridge"
+parent = "pci0000:00"
+
 [[device]]          # an ISA bridge: its driver has no live-update callbacks
 name = "0000:00:1f.0"
 bus = "pci"
 compatible = "pci8086,7000"
 parent = "pci0000:00"
 
-[[device]]
+[[device]]          # the host's own NICs, counting frames
 name = "0000:01:00.0"
 bus = "pci"
 compatible = "luo,example-nic"
@@ -58,9 +83,36 @@ bus = "pci"
 compatible = "luo,example-nic"
 parent = "0000:00:02.0"
 params = { rx_pps = 100_000 }
+
+[[device]]          # vm0's NIC: receives by DMA into guest memory
+name = "0000:03:00.0"
+bus = "pci"
+compatible = "luo,example-nic"
+parent = "0000:00:03.0"
+params = { rx_pps = 2_000 }
+
+[[device]]          # vm1's NIC
+name = "0000:04:00.0"
+bus = "pci"
+compatible = "luo,example-nic"
+parent = "0000:00:04.0"
+params = { rx_pps = 2_000 }
+
+[[vm]]
+name = "vm0"
+memory = "16M"
+vcpus = 2
+devices = ["0000:03:00.0"]
+
+[[vm]]
+name = "vm1"
+memory = "16M"
+vcpus = 2
+devices = ["0000:04:00.0"]
 """
-"""The host ``luo demo`` runs by default, as a host file: :func:`default_host` with
-100 000 frames per second arriving at each NIC."""
+"""The host ``luo demo`` runs by default, as a host file: the platform units, the host's
+NICs (:func:`default_host` with 100 000 frames per second each), and two VMs whose NICs
+are passed through VFIO."""
 
 
 def default_host(rx_pps: int = 0) -> Machine:

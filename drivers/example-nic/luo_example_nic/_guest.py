@@ -101,12 +101,16 @@ class GuestNic:
         regs["rx_tail"] = ring - 1
         regs["ctrl"] = CTRL_ENABLE | CTRL_IRQ
 
+    def seen(self, mem: GuestMemory) -> bool:
+        """Whether the driver has seen a frame yet (its sequence baseline is set)."""
+        return bool(self._state(mem)[3])
+
     def attached(self, mem: GuestMemory) -> bool:
         """Whether guest memory holds this driver's state (it was set up before)."""
         return mem.read(self.base, 4) == MAGIC
 
-    def interrupt(self, mem: GuestMemory) -> int:
-        """The MSI fired: clean the ring; the number of frames found."""
+    def interrupt(self, mem: GuestMemory) -> list[int]:
+        """The MSI fired: clean the ring; the sequence numbers of the frames found."""
         found = self.clean(mem)
         state = self._state(mem)
         state[8] = int(state[8]) + 1
@@ -115,13 +119,14 @@ class GuestNic:
         mem.write(self.base, STATE.pack(*state))
         return found
 
-    def clean(self, mem: GuestMemory) -> int:
-        """Take every completed descriptor, account its frame, give it back to the NIC."""
+    def clean(self, mem: GuestMemory) -> list[int]:
+        """Take every completed descriptor, account its frame, give it back to the NIC;
+        the frames' sequence numbers, in ring order."""
         state = self._state(mem)
         ring, at, seen = int(state[1]), int(state[2]), int(state[3])
         expected, received, lost, dup = (int(v) for v in state[4:8])
-        found = 0
-        while found < ring:
+        found: list[int] = []
+        while len(found) < ring:
             addr, _length, _csum, status, _err, _special = RX_DESC.unpack(
                 mem.read(self._desc(at), RX_DESC.size)
             )
@@ -138,7 +143,7 @@ class GuestNic:
                 dup += 1
             mem.write(self._desc(at), RX_DESC.pack(addr, 0, 0, 0, 0, 0))
             last, at = at, (at + 1) % ring
-            found += 1
+            found.append(seq)
         if found:
             state[2], state[3], state[4:8] = at, seen, [expected, received, lost, dup]
             mem.write(self.base, STATE.pack(*state))

@@ -118,6 +118,14 @@ class ExampleNicModel(DeviceModel):
             return None
         if op == "counters":
             return self.ctx.regs.values()
+        if op == "link":
+            pps = args.get("pps")
+            if type(pps) is not int or not 0 <= pps <= 10_000_000:
+                raise ValueError(f"link takes pps=0..10000000, not {pps!r}")
+            self.rx_pps = pps  # the link's rate changes; frames already counted stay
+            self.period = TICK_S if pps else None
+            self._last_ns = None
+            return None
         return super().control(op, args)
 
     def _receive(self, frames: int) -> None:

@@ -8,7 +8,7 @@ Install it and ``luo drivers`` lists the ``vfio-pci`` driver and the
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from luo_core import DeviceDriver, FileHandler, hookimpl
 from luo_core.testing import Contract
@@ -39,8 +39,12 @@ class VfioPack:
         self.vfio: Vfio | None = None
 
     def _vfio(self, kernel: Kernel | None) -> Vfio:
-        if self.vfio is None or self.vfio.kernel is not kernel:
+        # One per plugin, so per kernel: a listing (kernel None) of this kernel's packs
+        # (its manifest, say) must not replace the driver its devices are bound to.
+        if self.vfio is None:
             self.vfio = Vfio(kernel)
+        elif self.vfio.kernel is None and kernel is not None:
+            self.vfio.kernel = kernel
         return self.vfio
 
     @hookimpl
@@ -55,3 +59,12 @@ class VfioPack:
     @hookimpl
     def luo_contracts(self) -> Iterator[Contract]:
         yield from contracts()
+
+    def kvm_passthrough(self) -> dict[str, Any]:
+        """Passthrough devices for luo-kvm's VMM: ``{"kind": "vfio", "device": name}``."""
+        from luo_kvm import PassthroughOps
+
+        from luo_vfio import _passthrough
+
+        ops = PassthroughOps(_passthrough.attach, _passthrough.preserve, _passthrough.resume)
+        return {_passthrough.KIND: ops}

@@ -52,6 +52,7 @@ class VfioDevice:
     """An open device file: the VMM's handle on one device."""
 
     fd: int
+    """The driver's own reference to the file, to recognise it by."""
     dev: Device
     iommufd_bound: bool = False
 
@@ -62,6 +63,8 @@ class Vfio(DeviceDriverOps):
     def __init__(self, kernel: Kernel | None) -> None:
         self.kernel = kernel
         self.files: list[VfioDevice] = []
+        self.passed_through: dict[str, dict[str, tuple[int, int]]] = {}
+        """The VMM's passthrough devices, by VM then device: (iommufd, device file)."""
 
     # -- the driver --------------------------------------------------------------
 
@@ -110,7 +113,9 @@ class Vfio(DeviceDriverOps):
             raise BusyError(f"{name} is already open")
         fd = os.eventfd(0, os.EFD_CLOEXEC)
         state.opened = True
-        self.files.append(VfioDevice(fd, dev))
+        # The driver keeps a reference of its own to recognise the file by: the caller
+        # (and LUO, which lets go of its reference at finish) may close theirs.
+        self.files.append(VfioDevice(os.dup(fd), dev))
         return fd
 
     def device(self, fd: int) -> VfioDevice:
@@ -192,7 +197,7 @@ class VfioFileOps(FileHandlerOps):
         dev = self.vfio._bound(data.device)
         fd = os.eventfd(0, os.EFD_CLOEXEC)
         dev.driver_data.opened = True
-        self.vfio.files.append(VfioDevice(fd, dev, data.iommufd_bound))
+        self.vfio.files.append(VfioDevice(os.dup(fd), dev, data.iommufd_bound))
         return fd
 
     def finish(self, file: LiveFile | None, data: VfioFileRecord, retrieved: bool) -> None:

@@ -14,6 +14,9 @@ GPA         what
 0x0c0       the last io sequence number completed (u64)
 0x100       per vCPU (32 bytes each, up to 64): heartbeat sequence,
             CLOCK_MONOTONIC ns of the last heartbeat, largest gap (ns)
+0xc00       the stall log: the number of stalls logged (u64), then a ring of
+            32 entries (end ns, gap ns): every gap between two heartbeats of
+            a vCPU longer than :data:`STALL_NS`
 0x1000      free for guest devices (their rings, their own state)
 ==========  ==============================================================
 """
@@ -35,6 +38,11 @@ IO_LAST_GPA: Final = 0x0C0
 HEARTBEAT_GPA: Final = 0x100
 HEARTBEAT_SIZE: Final = 0x20
 MAX_VCPUS: Final = 64
+STALL_LOG_GPA: Final = 0xC00
+STALL_LOG_ENTRIES: Final = 32
+STALL_NS: Final = 5_000_000
+"""A gap between two heartbeats longer than this (5 ms, five timer periods) is a stall the
+guest logs: it is how the guest sees a pause, and the demo's VM-observed blackout."""
 DEVICE_AREA_GPA: Final = 0x1000
 GUEST_DATA_SIZE: Final = 0x1000
 """The guest data page must be mapped (memslot at GPA 0) before a VM starts."""
@@ -137,6 +145,14 @@ class GuestContext:
                 self._add(packets_received=1, packets_lost=seq - last - 1)
                 self.write_u64(at, seq)
 
+    def packet_baseline(self, seq: int, stream: int = 0) -> None:
+        """Start counting ``stream`` after packet ``seq``: the ones before it were sent
+        before the guest listened, and are not lost."""
+        if not 0 <= stream < STREAMS:
+            raise InvalidArgumentError(f"packet stream {stream} is not in 0..{STREAMS - 1}")
+        with self._lock:
+            self.write_u64(STREAMS_GPA + 8 * stream, seq)
+
     def interrupt_spurious(self) -> None:
         """The device had nothing pending for the vector it was handed (a re-injection)."""
         with self._lock:
@@ -195,11 +211,39 @@ def read_heartbeat(memory: GuestMemory, vcpu: int) -> Heartbeat:
     return Heartbeat(*_HEARTBEAT.unpack(memory.read(heartbeat_gpa(vcpu), _HEARTBEAT.size)))
 
 
-def beat(memory: GuestMemory, vcpu: int, now_ns: int) -> int:
-    """Write the next heartbeat of ``vcpu`` and keep the largest gap; its sequence."""
+_STALL: Final = struct.Struct("<2Q")
+
+
+@attrs.frozen
+class Stall:
+    """A gap between two heartbeats of one vCPU, as the guest logged it."""
+
+    end_ns: int
+    gap_ns: int
+
+
+def beat(memory: GuestMemory, vcpu: int, now_ns: int, log: threading.Lock | None = None) -> int:
+    """Write the next heartbeat of ``vcpu``, keep the largest gap and log a stall; its
+    sequence.  ``log`` serialises the stall log between the vCPUs of a VM."""
     seq, last, gap = _HEARTBEAT.unpack(memory.read(heartbeat_gpa(vcpu), _HEARTBEAT.size))
     if seq:
         gap = max(gap, now_ns - last)
+        if now_ns - last > STALL_NS:
+            with log or threading.Lock():
+                count = int(_U64.unpack(memory.read(STALL_LOG_GPA, 8))[0])
+                at = STALL_LOG_GPA + 8 + _STALL.size * (count % STALL_LOG_ENTRIES)
+                memory.write(at, _STALL.pack(now_ns, now_ns - last))
+                memory.write(STALL_LOG_GPA, _U64.pack(count + 1))
     memory.write(heartbeat_gpa(vcpu), _HEARTBEAT.pack(seq + 1, now_ns, gap))
     following: int = seq + 1
     return following
+
+
+def read_stalls(memory: GuestMemory) -> list[Stall]:
+    """The stalls the guest logged, oldest first (the last :data:`STALL_LOG_ENTRIES`)."""
+    count = int(_U64.unpack(memory.read(STALL_LOG_GPA, 8))[0])
+    stalls = []
+    for n in range(max(0, count - STALL_LOG_ENTRIES), count):
+        at = STALL_LOG_GPA + 8 + _STALL.size * (n % STALL_LOG_ENTRIES)
+        stalls.append(Stall(*_STALL.unpack(memory.read(at, _STALL.size))))
+    return stalls

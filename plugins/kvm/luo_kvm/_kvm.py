@@ -43,9 +43,15 @@ COMPATIBLE: Final = "luo,kvm"
 DRIVER: Final = "kvm"
 _VM_NAME: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,58}$")
 
-Passthrough = Callable[[Vm, Mapping[str, Any]], object]
-"""Attach a passthrough device described by a spec to a VM (``vmm-start``), or take it
-back after a live update (``vmm-resume``); returns plain data for the command's result."""
+Passthrough = Callable[[Vm, Mapping[str, Any], Any], object]
+"""``(vm, spec, session)``: attach a passthrough device described by ``spec`` to ``vm``
+(``vmm-start``, no session), preserve its files in the VM's session (``vmm-preserve``), or
+take it back from the session after a live update (``vmm-resume``); returns plain data
+for the command's result."""
+
+PASSTHROUGH_ATTR: Final = "kvm_passthrough"
+"""A plugin of the kernel with a method of this name (returning ``{kind: PassthroughOps}``)
+offers passthrough devices to the VMM, as luo-vfio does."""
 
 
 @attrs.frozen
@@ -53,6 +59,7 @@ class PassthroughOps:
     """What the VMM calls for a device spec ``{"kind": kind, ...}`` of a VM."""
 
     attach: Passthrough
+    preserve: Passthrough
     resume: Passthrough
 
 
@@ -203,6 +210,15 @@ class Kvm(DeviceDriverOps):
         self._passthrough[kind] = ops
 
     def passthrough(self, kind: str) -> PassthroughOps:
+        """The ops for devices of ``kind``: registered, or offered by a plugin of this
+        kernel (:data:`PASSTHROUGH_ATTR`)."""
+        if kind not in self._passthrough and self._kernel is not None:
+            for plugin in self._kernel.registry.pm.get_plugins():
+                offer = getattr(plugin, PASSTHROUGH_ATTR, None)
+                if callable(offer):
+                    for name, ops in offer().items():
+                        if isinstance(ops, PassthroughOps):
+                            self._passthrough.setdefault(name, ops)
         found = self._passthrough.get(kind)
         if found is None:
             known = ", ".join(sorted(self._passthrough)) or "none"

@@ -35,6 +35,7 @@ from luo_kvm._guest import (
     heartbeat_gpa,
     read_counters,
     read_heartbeat,
+    read_stalls,
 )
 from luo_kvm._records import GPRS, MemslotRecord, VcpuRecord, VmRecord
 
@@ -115,7 +116,7 @@ class Vcpu:
         """One turn of the guest program's loop."""
         regs = self.regs
         regs.rip = AT_HEARTBEAT
-        regs.gprs[RAX] = beat(self.vm, self.index, time.monotonic_ns())
+        regs.gprs[RAX] = beat(self.vm, self.index, time.monotonic_ns(), self.vm.lock)
         regs.rip = AT_DRAIN
         vectors = self.pending()
         if vectors:
@@ -375,11 +376,13 @@ class Vm:
             "running": self.running,
             "heartbeat": beats[0].sequence if beats else 0,
             "max_gap_ns": max((b.max_gap_ns for b in beats), default=0),
+            "last_ns": max((b.last_ns for b in beats), default=0),
             "paused_ns": self.paused_ns,
             "resumed_ns": self.resumed_ns,
             "blackout_ns": None if self.resumed_ns is None else self.resumed_ns - self.paused_ns,
             "steps": [v.regs.step for v in self.vcpus],
             "counters": self.counters().as_dict(),
+            "stalls": [[st.end_ns, st.gap_ns] for st in read_stalls(self)],
             "error": self.error,
         }
 

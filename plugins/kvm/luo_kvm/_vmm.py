@@ -42,12 +42,20 @@ def _specs(args: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return vms
 
 
+def _devices(spec: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    devices = spec.get("devices", [])
+    if not isinstance(devices, list) or not all(isinstance(d, Mapping) for d in devices):
+        raise InvalidArgumentError("a VM's devices must be a list of maps")
+    return devices
+
+
 class Vmm:
     """The VMM of one kernel: its descriptors (guest_memfds, /dev/liveupdate, sessions)."""
 
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
         self._fds: dict[str, dict[int, int]] = {}  # vm -> memslot -> guest_memfd
+        self._devices: dict[str, list[Mapping[str, Any]]] = {}  # vm -> passthrough specs
         self._luo: LiveUpdateDevice | None = None
 
     @property
@@ -72,9 +80,9 @@ class Vmm:
             self._fds[vm.name] = {0: fd}
             for index in range(vcpus):
                 vm.create_vcpu(index)
-            devices = [
-                kvm.passthrough(str(d.get("kind"))).attach(vm, d) for d in spec.get("devices", [])
-            ]
+            specs = _devices(spec)
+            self._devices[vm.name] = specs
+            devices = [kvm.passthrough(str(d.get("kind"))).attach(vm, d, None) for d in specs]
             if steps is None:
                 vm.start()
             else:
@@ -99,6 +107,8 @@ class Vmm:
                 if ms.gmem.fd is None:
                     raise BusyError(f"vm {vm.name}: memslot {slot} has no guest_memfd file yet")
                 session.preserve_fd(ms.gmem.fd, slot)
+            for spec in self._devices.get(vm.name, []):
+                kvm.passthrough(str(spec.get("kind"))).preserve(vm, spec, session)
             done.append(session.name)
         for dev in self.kernel.devices.devices():
             if dev.driver_data is kvm and not dev.requested:
@@ -117,10 +127,9 @@ class Vmm:
             for ms in waiting:
                 fds[ms.slot] = session.retrieve_fd(ms.slot)
                 vm.set_memslot(ms.slot, ms.gpa, fds[ms.slot], ms.offset, ms.size)
-            devices = [
-                kvm.passthrough(str(d.get("kind"))).resume(vm, d)
-                for d in extra.get(vm.name, {}).get("devices", [])
-            ]
+            specs = _devices(extra.get(vm.name, {}))
+            self._devices[vm.name] = specs
+            devices = [kvm.passthrough(str(d.get("kind"))).resume(vm, d, session) for d in specs]
             at = vm.resume() if vm.resume_wanted else None
             session.finish()  # every file is back: the old kernel's hold on them can go
             session.close()
