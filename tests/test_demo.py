@@ -157,6 +157,7 @@ def test_the_trace_holds_the_whole_run_with_a_track_per_participant(
     names = set(tracks.values())
     assert {"updates", "phases", "blackout"} <= names
     assert {f"device:{nic}" for nic in NICS} | {"subsystem:example-nic-fdb"} <= names
+    assert {"vm vm0", "vm vm1"} <= names  # a track per VM: its pause at each update
     spans = [e for e in events if e["ph"] == "X"]
     for e in spans:
         assert type(e["ts"]) in (int, float) and type(e["dur"]) in (int, float)
@@ -167,6 +168,7 @@ def test_the_trace_holds_the_whole_run_with_a_track_per_participant(
         by_track.setdefault(tracks[e["tid"]], []).append(e)
     assert [e["name"] for e in by_track["updates"]] == ["update 1", "update 2"]
     assert [e["name"] for e in by_track["blackout"]] == ["blackout 1", "blackout 2"]
+    assert [e["name"] for e in by_track["vm vm0"]] == ["paused 1", "paused 2"]
     assert [e["name"] for e in by_track["phases"]] == [f"{p} {n}" for n in (1, 2) for p in PHASES]
     # One timeline, in real order: update 2 starts after update 1 ends.
     one, two = by_track["updates"]

@@ -43,14 +43,26 @@ def run_spans(run: Run) -> list[Span]:
             )
         start, end = step.stats.freeze_start_ns, step.stats.restore_end_ns
         if start is not None and end is not None:
+            end = max(end, step.vm_resumed_ns or 0)  # to the last VM resumed
             spans.append(Span(BLACKOUT, start, end, f"blackout {n}"))
     return spans
+
+
+def vm_spans(run: Run) -> list[Span]:
+    """A track per VM: each update's pause, from its last heartbeat before the update to
+    the VMM resuming it in the next kernel."""
+    return [
+        Span(f"vm {vm}", paused, resumed, f"paused {step.number}")
+        for step in run.steps
+        for vm, (paused, resumed) in sorted(step.vm_pauses.items())
+        if 0 < paused <= resumed
+    ]
 
 
 def chrome_trace(run: Run, extra: Iterable[Span] = ()) -> dict[str, object]:
     """The trace (JSON object format) of ``run``, with ``extra`` spans (a VM's pause,
     say) on tracks of their own; times are µs from the first span."""
-    spans = run_spans(run) + list(extra)
+    spans = run_spans(run) + vm_spans(run) + list(extra)
     tracks: dict[str, int] = {name: tid for tid, name in enumerate(FIXED)}
     for span in spans:
         tracks.setdefault(span.track, len(tracks))

@@ -109,15 +109,24 @@ class Domain:
         *,
         root: int | None = None,
         table_pages: set[int] | None = None,
-        leaves: dict[int, tuple[int, bool, bool]] | None = None,
+        runs: list[Run] | None = None,
     ) -> None:
         self.id = domain_id
         self._pages = pages
         self._mutable = mutable
         self._table_pages: set[int] = set(table_pages or ())
-        self._leaves: dict[int, tuple[int, bool, bool]] = dict(leaves or {})
+        # What is mapped, as runs (what records and mappings() show) and, made from them
+        # only when the domain changes, page by page: an adopted domain of many pages is
+        # taken over in the blackout without expanding it.
+        self._runs: list[Run] | None = list(runs or ())
+        self._leaves: dict[int, tuple[int, bool, bool]] | None = None
         self._writer = PageTableWriter(memory, self._new_table, root)
         self._table_pages.add(self._writer.root)
+
+    def _pages_mapped(self) -> dict[int, tuple[int, bool, bool]]:
+        if self._leaves is None:
+            self._leaves = leaves_of(self._runs or [])
+        return self._leaves
 
     @property
     def pgtable(self) -> int:
@@ -139,19 +148,26 @@ class Domain:
         """Map ``length`` bytes at ``iova`` to ``phys``; ``EEXIST`` if a page is mapped,
         ``EBUSY`` while the domain is preserved for a live update."""
         self._mutable(self)
+        leaves = self._pages_mapped()
         self._writer.map(iova, phys, length, read=read, write=write)
         for n in range(0, length, PAGE_SIZE):
-            self._leaves[iova + n] = (phys + n, read, write)
+            leaves[iova + n] = (phys + n, read, write)
+        self._runs = None
 
     def unmap(self, iova: int, length: int) -> None:
         """Unmap ``length`` bytes at ``iova`` (pages not mapped are skipped)."""
         self._mutable(self)
+        leaves = self._pages_mapped()
         self._writer.unmap(iova, length)
         for n in range(0, length, PAGE_SIZE):
-            self._leaves.pop(iova + n, None)
+            leaves.pop(iova + n, None)
+        self._runs = None
 
     def runs(self) -> list[Run]:
-        return merge(sorted((i, p, r, w) for i, (p, r, w) in self._leaves.items()))
+        if self._runs is None:
+            leaves = self._pages_mapped()
+            self._runs = merge(sorted((i, p, r, w) for i, (p, r, w) in leaves.items()))
+        return list(self._runs)
 
     def mappings(self) -> list[IoMapping]:
         """What the domain maps, as maximal runs, in IOVA order."""
@@ -170,7 +186,7 @@ class Domain:
         for phys in self.table_pages:
             self._pages.free(phys)
         self._table_pages.clear()
-        self._leaves.clear()
+        self._leaves, self._runs = None, []
 
     def __repr__(self) -> str:
         return f"<Domain {self.id} pgtable={self.pgtable:#x}>"

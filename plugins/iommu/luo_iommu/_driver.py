@@ -39,7 +39,7 @@ from luo_core.errors import (
     NotFoundError,
 )
 from luo_core.kernel.sessions._fileid import same_file
-from luo_iommu._domain import Domain, TablePages, leaves_of
+from luo_iommu._domain import Domain, TablePages
 from luo_iommu._model import COMPATIBLE, GCMD_TE
 from luo_iommu._records import AttachmentRecord, DomainRecord, IommuRecord
 from luo_iommu._tables import check_page, context_of, context_table_of, walk
@@ -485,7 +485,7 @@ class Iommu(DeviceDriverOps):
             self._mutable,
             root=record.pgtable,
             table_pages=set(pages),
-            leaves=leaves_of(runs),
+            runs=runs,
         )
 
     def adopt_file(self, record: Any, preserved: tuple[MemRange, ...]) -> int:

@@ -22,7 +22,15 @@ from luo_core.abi._dmar import (
     decode_root_entry,
     root_entry_address,
 )
-from luo_core.abi._iopgtable import ENTRIES, LEVELS, PAGE_SIZE, STRIDE, decode_pte
+from luo_core.abi._iopgtable import (
+    ADDRESS_MASK,
+    ENTRIES,
+    LEVELS,
+    PAGE_SIZE,
+    PTE_READ,
+    PTE_WRITE,
+    STRIDE,
+)
 from luo_core.abi._kho import find_containing
 from luo_core.errors import HandoffError
 
@@ -54,28 +62,29 @@ def walk(read: Reader, root: int, pages: frozenset[int]) -> tuple[set[int], list
     used: set[int] = {root}
     leaves: list[tuple[int, int, bool, bool]] = []
     stack: list[tuple[int, int, int]] = [(root, LEVELS, 0)]
+    # Plain integer tests, not decode_pte: restore walks every entry, in the blackout.
+    present, mask = PTE_READ | PTE_WRITE, ADDRESS_MASK
     while stack:
         table, level, base = stack.pop()
         entries = _TABLE.unpack(read(table, PAGE_SIZE))
         shift = 12 + STRIDE * (level - 1)
         for index, value in enumerate(entries):
-            pte = decode_pte(value)
-            if not pte.present:
+            if not value & present:
                 continue
-            iova = base | index << shift
+            iova, addr = base | index << shift, value & mask
             if level == 1:
-                leaves.append((iova, pte.addr, pte.read, pte.write))
+                leaves.append((iova, addr, bool(value & PTE_READ), bool(value & PTE_WRITE)))
                 continue
-            if pte.addr not in pages:
+            if addr not in pages:
                 raise HandoffError(
-                    f"page table {table:#x} points at {pte.addr:#x}, a table the record does "
-                    "not list"
+                    f"page table {table:#x} points at {addr:#x}, a table the record does not list"
                 )
-            if pte.addr in used:
-                raise HandoffError(f"page table {pte.addr:#x} is linked twice")
-            used.add(pte.addr)
-            stack.append((pte.addr, level - 1, iova))
-    return used, merge(sorted(leaves))
+            if addr in used:
+                raise HandoffError(f"page table {addr:#x} is linked twice")
+            used.add(addr)
+            stack.append((addr, level - 1, iova))
+    leaves.sort()
+    return used, merge(leaves)
 
 
 def merge(pages: Sequence[tuple[int, int, bool, bool]]) -> list[Run]:
