@@ -428,3 +428,14 @@ def test_demo_refuses_what_is_no_regular_file_or_too_large_before_reading(
         (str(tmp_path / "missing.toml"), "No such file or directory"),
     ]:
         assert one_error(["demo", "--config", name], capsys) == f"luo demo: error: {name}: {cause}"
+
+
+def test_vms_need_kvm_and_devices_passed_through_need_the_remapping_units() -> None:
+    kvm = '[[device]]\nname = "kvm"\ncompatible = "luo,kvm"\n'
+    with pytest.raises(HostConfigError, match=r'vm: no device with compatible "luo,kvm"'):
+        load_host(BASE + vm(), "host.toml")
+    with pytest.raises(
+        HostConfigError, match=r'no device with compatible "intel,vtd" \(the IOMMU'
+    ):
+        load_host(BASE + kvm + vm(devices='"0000:01:00.0"'), "host.toml")
+    assert load_host(BASE + kvm + vm(), "host.toml").vms[0].name == "a"

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from luo_core import Command, LiveUpdateDevice
 from luo_core.errors import BusyError, InvalidArgumentError
+from luo_kvm._guest import MAX_VCPUS
 from luo_kvm._kvm import Kvm, kvm_of
 
 if TYPE_CHECKING:
@@ -40,6 +41,20 @@ def _specs(args: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     if not isinstance(vms, list) or not all(isinstance(v, Mapping) for v in vms):
         raise InvalidArgumentError("vms must be a list of maps")
     return vms
+
+
+def _check(spec: Mapping[str, Any]) -> None:
+    """A VM spec's fields, by type and range, before anything is made of it."""
+    name = spec.get("name")
+    if not isinstance(name, str):
+        raise InvalidArgumentError(f"vm spec: name must be text, not {name!r:.40}")
+    if _int(spec, "memory") <= 0:
+        raise InvalidArgumentError(f"vm {name}: memory must be positive")
+    if not 1 <= _int(spec, "vcpus", 1) <= MAX_VCPUS:
+        raise InvalidArgumentError(f"vm {name}: vcpus must be 1 to {MAX_VCPUS}")
+    steps = spec.get("steps")
+    if steps is not None and (type(steps) is not int or steps < 1):
+        raise InvalidArgumentError(f"vm {name}: steps must be a positive integer")
 
 
 def _devices(spec: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -69,33 +84,51 @@ class Vmm:
 
     def start(self, args: Mapping[str, Any]) -> object:
         kvm, started = self.kvm, []
-        for spec in _specs(args):
-            name, memory = spec.get("name"), _int(spec, "memory")
-            vcpus, steps = _int(spec, "vcpus", 1), spec.get("steps")
-            if steps is not None and type(steps) is not int:
-                raise InvalidArgumentError(f"vm spec: steps must be an integer, not {steps!r:.40}")
-            fd = kvm.guest_memfd_create(memory)
-            vm = kvm.create_vm(str(name) if isinstance(name, str) else repr(name))
-            vm.set_memslot(0, 0, fd, 0, memory)
-            self._fds[vm.name] = {0: fd}
-            for index in range(vcpus):
-                vm.create_vcpu(index)
-            specs = _devices(spec)
-            self._devices[vm.name] = specs
-            devices = [kvm.passthrough(str(d.get("kind"))).attach(vm, d, None) for d in specs]
-            if steps is None:
-                vm.start()
-            else:
-                vm.run(steps)
-            started.append(
-                {
-                    "name": vm.name,
-                    "pi_desc": [v.pi_desc_phys for v in vm.vcpus],
-                    "memory": [list(run) for run in vm.memory_map()],
-                    "devices": devices,
-                }
-            )
+        specs = _specs(args)
+        for spec in specs:  # every spec checked before anything is made
+            _check(spec)
+            for device in _devices(spec):
+                kvm.passthrough(str(device.get("kind")))
+        made: list[str] = []
+        try:
+            for spec in specs:
+                started.append(self._start(kvm, spec, made))
+        except BaseException:
+            for name in made:  # all or nothing: no VM of this command stays behind
+                if any(vm.name == name for vm in kvm.vms()):
+                    kvm.destroy_vm(name)
+                for fd in self._fds.pop(name, {}).values():
+                    kvm.guest_memfd_close(fd)
+            raise
         return {"vms": started}
+
+    def _start(self, kvm: Kvm, spec: Mapping[str, Any], made: list[str]) -> dict[str, Any]:
+        name, memory = spec["name"], _int(spec, "memory")
+        vcpus, steps = _int(spec, "vcpus", 1), spec.get("steps")
+        fd = kvm.guest_memfd_create(memory)
+        try:
+            vm = kvm.create_vm(name)
+        except BaseException:
+            kvm.guest_memfd_close(fd)
+            raise
+        made.append(vm.name)
+        vm.set_memslot(0, 0, fd, 0, memory)
+        self._fds[vm.name] = {0: fd}
+        for index in range(vcpus):
+            vm.create_vcpu(index)
+        specs = _devices(spec)
+        self._devices[vm.name] = specs
+        devices = [kvm.passthrough(str(d.get("kind"))).attach(vm, d, None) for d in specs]
+        if steps is None:
+            vm.start()
+        else:
+            vm.run(steps)
+        return {
+            "name": vm.name,
+            "pi_desc": [v.pi_desc_phys for v in vm.vcpus],
+            "memory": [list(run) for run in vm.memory_map()],
+            "devices": devices,
+        }
 
     def preserve(self, args: Mapping[str, Any]) -> object:
         kvm, luo, done = self.kvm, self._liveupdate(), []

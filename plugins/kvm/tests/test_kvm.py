@@ -12,7 +12,13 @@ import pytest
 from luo_kvm import DEVICE_AREA_GPA, GuestContext, Kvm, KvmRecord, Vm, kvm_host, kvm_of
 
 from luo_core import Kernel, PhysRange
-from luo_core.errors import BusyError, ExistsError, HandoffError, InvalidArgumentError
+from luo_core.errors import (
+    BusyError,
+    ExistsError,
+    HandoffError,
+    InvalidArgumentError,
+    LiveUpdateError,
+)
 from luo_core.platform import Hardware
 
 MIB = 1 << 20
@@ -215,3 +221,34 @@ def test_hostile_records_are_refused_whole(kernel: Kernel) -> None:
         fresh.restore(dev, pi)
     fresh.restore(dev, record)
     assert [vm.name for vm in fresh.vms()] == ["a"]
+
+
+@pytest.mark.parametrize(
+    ("vms", "match"),
+    [
+        ("nope", "vms must be a list of maps"),
+        ([{"name": 5, "memory": 1 << 20}], "name must be text"),
+        ([{"name": "a", "memory": -4096}], "memory must be positive"),
+        ([{"name": "a", "memory": 1 << 20, "vcpus": 0}], "vcpus must be 1 to"),
+        ([{"name": "a", "memory": 1 << 20, "steps": "3"}], "steps must be a positive"),
+        ([{"name": "a", "memory": 1 << 20, "devices": [{"kind": "nope"}]}], "no passthrough"),
+        ([{"name": "a", "memory": 1 << 20}, {"name": "Bad Name", "memory": 1 << 20}], "name"),
+        ([{"name": "a", "memory": 4097}], "page multiple"),
+    ],
+)
+def test_a_bad_vm_spec_is_one_typed_error_and_leaves_nothing_made(
+    kernel: Kernel, vms: object, match: str
+) -> None:
+    kvm = kvm_of(kernel)
+    free = kernel.mm.free_bytes
+    with pytest.raises(LiveUpdateError, match=match):
+        kernel.command("vmm-start", {"vms": vms})
+    assert kvm.vms() == [] and kernel.mm.free_bytes == free
+
+
+def test_a_second_start_of_a_running_vm_is_refused_and_the_vm_runs_on(kernel: Kernel) -> None:
+    kernel.command("vmm-start", {"vms": [{"name": "a", "memory": 1 << 20}]})
+    with pytest.raises(ExistsError):
+        kernel.command("vmm-start", {"vms": [{"name": "a", "memory": 1 << 20}]})
+    assert [vm.name for vm in kvm_of(kernel).vms()] == ["a"]
+    assert kvm_of(kernel).vm("a").running
