@@ -80,3 +80,12 @@ def test_a_command_runs_in_the_kernels_process(hardware: HardwareProcess) -> Non
             kernel.command("nope")
         with pytest.raises(InvalidArgumentError, match="args must be a map"):
             kernel._call({"op": "command", "name": "count", "args": [1]})
+
+
+def test_luo_drivers_lists_a_command_as_a_command() -> None:
+    from luo_core.cli._drivers import describe
+
+    assert describe(Command("vmm-start", lambda args: None)) == {
+        "kind": "command",
+        "name": "vmm-start",
+    }

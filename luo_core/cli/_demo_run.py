@@ -312,7 +312,7 @@ class _Local:
     def shutdown(self) -> None:
         # The VMs' vCPUs are threads of this process: stop them before the hardware goes.
         with contextlib.suppress(Exception):
-            self.kernel.command("vmm-stop", {})
+            self.kernel.power_off()
 
 
 def _pack(text: str) -> dict[str, Any]:

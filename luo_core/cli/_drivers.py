@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from luo_core.cli._args import dumps, paragraph
-from luo_core.kernel._records import Bus, DeviceDriver
+from luo_core.kernel._records import Bus, Command, DeviceDriver
 from luo_core.kernel._registry import PluginRegistry, Record, load_plugins
 from luo_core.kernel.devices import _builtin
 from luo_core.kernel.sessions import FileHandler
@@ -45,6 +45,8 @@ def describe(record: Record) -> dict[str, Any]:
         return {"kind": "bus", "name": record.name, "liveupdate": record.liveupdate}
     if isinstance(record, FileHandler):
         return {"kind": "file handler", "name": record.compatible}
+    if isinstance(record, Command):
+        return {"kind": "command", "name": record.name}
     return {"kind": "subsystem", "name": record.name}
 
 

@@ -22,6 +22,7 @@ from luo_core.abi._meta import META_COMPATIBLE, write_meta
 from luo_core.errors import KernelGoneError, LiveUpdateError
 from luo_core.kernel._base import log
 from luo_core.kernel._handover import publish
+from luo_core.kernel._orchestrator import PhaseRunner
 from luo_core.kernel._participants import DEVICE, device_key, label
 from luo_core.kernel._phases import Phases
 from luo_core.kernel._state import State
@@ -71,6 +72,15 @@ class Jump(Phases):
                 stats.phases["kexec"] = runner.stats  # the next kernel closes it
                 publish(self.kho, META_KEY, META_COMPATIBLE, write_meta(stats))
             return self.kho.finalize(self.liveupdate_number + 1).phys
+
+    def power_off(self) -> None:
+        """``kernel_power_off``'s ``device_shutdown``: every bound driver's ``shutdown``,
+        children first, so that nothing a driver started (a VM's vCPU threads, say) runs
+        on once this kernel is gone.  A failure is logged and the rest go on."""
+        runner = PhaseRunner("shutdown")
+        for dev in reversed(self.devices.devices()):
+            if dev.driver is not None:
+                runner.call_quietly(label(device_key(dev)), dev.driver.ops.shutdown, dev)
 
     def _reset(self, dev: Device) -> None:
         try:

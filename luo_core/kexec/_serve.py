@@ -305,6 +305,8 @@ class KernelServer:
     def _power_off(self) -> None:
         self._unload()
         with contextlib.suppress(Exception):
+            self.kernel.power_off()
+        with contextlib.suppress(Exception):
             self.kernel._die()
 
 
