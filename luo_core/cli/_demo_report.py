@@ -13,7 +13,7 @@ from luo_core.cli._demo_run import Run, Step
 SLOWEST = 2
 """How many participants the text names per phase."""
 UNMEASURED = {
-    "io": "no device in this host does I/O (storage comes with NVMe)",
+    "io": "no device of this host does I/O; storage comes with NVMe",
     "interrupts": "no VM counts interrupts: the host runs none",
     "packets": "no NIC or VM counts frames",
     "vm_blackout_ms": "the host runs no VMs: null for every update",
