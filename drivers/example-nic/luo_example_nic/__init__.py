@@ -5,6 +5,7 @@ Install it and ``luo drivers`` lists it; the hardware runs its NIC model and
 """
 
 from collections.abc import Iterator
+from typing import Any
 
 from luo_core import DeviceDriver, Subsystem, hookimpl
 from luo_core.platform import DeviceModel
@@ -43,6 +44,15 @@ def luo_device_drivers() -> Iterator[DeviceDriver]:
 @hookimpl
 def luo_contracts() -> Iterator[Contract]:
     yield from contracts()
+
+
+def kvm_guest_drivers() -> dict[str, Any]:
+    """The driver a VM runs for a passed-through example NIC (luo-kvm, luo-vfio)."""
+    from luo_kvm import GuestDriverSpec
+
+    from luo_example_nic._guest import FOOTPRINT, GuestNicDriver
+
+    return {COMPATIBLE: GuestDriverSpec(FOOTPRINT, GuestNicDriver)}
 
 
 @hookimpl

@@ -1,80 +1,69 @@
-"""The VMM's side of a passed-through NIC: attach it to a VM, preserve it, take it back.
+"""The VMM's side of a passed-through device: attach it to a VM, preserve it, take it back.
 
 A VM device spec ``{"kind": "vfio", "device": "0000:03:00.0"}`` (optionally
-``"ring"``, ``"vector"``) makes the VMM do what QEMU does for ``-device
-vfio-pci`` with iommufd: open the device, open an iommufd and map all guest
-memory into its IOAS at IOVA = guest-physical address (``IOMMU_IOAS_MAP_FILE``
-of the guest_memfd), bind the device to it, route its MSI into vCPU 0's
+``"vector"``) makes the VMM do what QEMU does for ``-device vfio-pci`` with
+iommufd: open the device, open an iommufd and map all guest memory into its
+IOAS at IOVA = guest-physical address (``IOMMU_IOAS_MAP_FILE`` of the
+guest_memfd), bind the device to it, route its MSI into vCPU 0's
 posted-interrupt descriptor, turn bus mastering on, and start the guest's
-driver for it (:class:`~luo_example_nic._guest.GuestNic`, whose state lives
-in guest memory).  ``vmm-preserve`` puts the iommufd and the device file in
-the VM's session; ``vmm-resume`` retrieves them by token in the next kernel,
-where the device was never stopped, and gives the guest its driver back.
+driver for it.  The guest driver comes from the pack of the device: a plugin
+offers ``kvm_guest_drivers()``, a map from a device's compatible to a
+:class:`luo_kvm.GuestDriverSpec`; the driver keeps its state in guest memory.
+``vmm-preserve`` puts the iommufd and the device file in the VM's session;
+``vmm-resume`` retrieves them by token in the next kernel, where the device
+was never stopped, and gives the guest its driver back.
 """
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
-
-from luo_example_nic._guest import GuestNic, footprint
 
 from luo_core.errors import InvalidArgumentError, NotFoundError
 from luo_vfio._vfio import vfio_of
 
 if TYPE_CHECKING:
-    from luo_kvm import GuestContext, Vm
+    from luo_kvm import GuestDriverSpec, Vm
 
-    from luo_core import Session
+    from luo_core import Kernel, Session
 
 KIND: Final = "vfio"
-DEFAULT_RING: Final = 1024
-"""Receive descriptors: half a second of frames at the demo's 2 000 per second, so a
-blackout of a few hundred milliseconds (an in-process run on a loaded machine) overflows
-nothing."""
-DEFAULT_VECTOR: Final = 0x40
+FIRST_VECTOR: Final = 0x40
+"""Device ``n`` of a VM gets vector ``0x40 + n`` unless its spec names one: every
+device of a VM posts into vCPU 0's descriptor, so their vectors differ."""
+SLOT: Final = 1 << 20
+"""Guest memory for each device's driver, from luo-kvm's device area (at most this)."""
 TOKEN_BASE: Final = 0x1000
 """Session tokens: the guest_memfds use their memslot numbers; device ``n`` of a VM uses
 ``TOKEN_BASE + 2n`` (its iommufd) and ``TOKEN_BASE + 2n + 1`` (its device file)."""
-_U64: Final = struct.Struct("<Q")
+GUEST_DRIVERS_ATTR: Final = "kvm_guest_drivers"
 
 
-class GuestNicDevice:
-    """A passed-through NIC as the guest program sees it (a ``GuestDevice`` of luo-kvm)."""
+def guest_driver(kernel: Kernel, compatible: str) -> GuestDriverSpec:
+    """The guest driver a pack of ``kernel`` offers for devices of ``compatible``."""
+    from luo_kvm import GuestDriverSpec
 
-    def __init__(self, nic: GuestNic, stream: int) -> None:
-        self.nic = nic
-        self.name = nic.name
-        self.stream = stream
-
-    def interrupt(self, vector: int, guest: GuestContext) -> None:
-        if vector != self.nic.vector:
-            return
-        first = not self.nic.seen(guest)
-        seqs = self.nic.interrupt(guest)
-        if not seqs:
-            guest.interrupt_spurious()
-            return
-        if first:  # frames before the first one the guest saw are not its to count
-            guest.packet_baseline(seqs[0], self.stream)
-        for seq in seqs:
-            guest.packet(seq + 1, self.stream)
-
-    def poll(self, guest: GuestContext) -> None:
-        return None  # interrupt driven: the ring is cleaned when the MSI fires
+    for plugin in kernel.registry.pm.get_plugins():
+        offer = getattr(plugin, GUEST_DRIVERS_ATTR, None)
+        if callable(offer):
+            found = offer().get(compatible)
+            if isinstance(found, GuestDriverSpec):
+                if not 0 < found.footprint <= SLOT:
+                    raise InvalidArgumentError(
+                        f"the guest driver for {compatible} needs {found.footprint} bytes, "
+                        f"more than the {SLOT} a device is given"
+                    )
+                return found
+    raise NotFoundError(f"no pack offers a guest driver for {compatible!r} devices")
 
 
-def _spec(spec: Mapping[str, Any]) -> tuple[str, int, int]:
-    device, ring = spec.get("device"), spec.get("ring", DEFAULT_RING)
-    vector = spec.get("vector", DEFAULT_VECTOR)
+def _spec(spec: Mapping[str, Any], index: int) -> tuple[str, int]:
+    device, vector = spec.get("device"), spec.get("vector", FIRST_VECTOR + index)
     if not isinstance(device, str):
         raise InvalidArgumentError(f"a vfio device spec names its device, not {device!r:.40}")
-    if type(ring) is not int or not 2 <= ring <= 4096 or ring & (ring - 1):
-        raise InvalidArgumentError(f"{device}: ring must be a power of two in 2..4096")
     if type(vector) is not int or not 0x20 <= vector <= 0xFF:
         raise InvalidArgumentError(f"{device}: vector must be in 0x20..0xff")
-    return device, ring, vector
+    return device, vector
 
 
 def _slot(vm: Vm, device: str) -> tuple[int, int]:
@@ -84,16 +73,24 @@ def _slot(vm: Vm, device: str) -> tuple[int, int]:
 
     devices = vfio_of(vm.kvm.kernel).passed_through.setdefault(vm.name, {})
     index = list(devices).index(device) if device in devices else len(devices)
-    return index, DEVICE_AREA_GPA + index * footprint(4096)
+    return index, DEVICE_AREA_GPA + index * SLOT
+
+
+def _driver(vm: Vm, device: str, regs: Any, base: int, vector: int, index: int) -> Any:
+    kernel = vm.kvm.kernel
+    spec = guest_driver(kernel, kernel.devices[device].compatible)
+    return spec.make(device, regs, base, vector, index)
 
 
 def attach(vm: Vm, spec: Mapping[str, Any], session: Session | None) -> object:
     from luo_iommu import iommu_of
+    from luo_kvm import GuestContext
 
-    device, ring, vector = _spec(spec)
+    index, base = _slot(vm, str(spec.get("device")))
+    device, vector = _spec(spec, index)
     kernel = vm.kvm.kernel
     vfio, iommu = vfio_of(kernel), iommu_of(kernel)
-    index, base = _slot(vm, device)
+    guest_driver(kernel, kernel.devices[device].compatible)  # refused before anything opens
     fd = vfio.open_device(device)
     iommufd = iommu.iommufd_open()
     domain = iommu.iommufd(iommufd).domain
@@ -102,18 +99,18 @@ def attach(vm: Vm, spec: Mapping[str, Any], session: Session | None) -> object:
     vfio.bind_iommufd(fd, iommufd)
     handle = vfio.set_irq_posted(fd, 0, vm.vcpus[0].pi_desc_phys, vector)
     vfio.enable_bus_master(fd)
-    nic = GuestNic(device, vfio.region(fd), base, vector)
-    nic.setup(vm, ring, handle)
-    vm.add_guest_device(GuestNicDevice(nic, index))
+    driver = _driver(vm, device, vfio.region(fd), base, vector, index)
+    driver.setup(GuestContext(vm, vm.lock, 0), handle)
+    vm.add_guest_device(driver)
     vfio.passed_through[vm.name][device] = (iommufd, fd)
-    return {"device": device, "domain": domain.id, "irte": handle, "ring": ring}
+    return {"device": device, "domain": domain.id, "irte": handle, "vector": vector}
 
 
 def preserve(vm: Vm, spec: Mapping[str, Any], session: Session | None) -> object:
-    device, _, _ = _spec(spec)
     if session is None:
         raise InvalidArgumentError("preserving a passthrough device needs the VM's session")
-    index, _ = _slot(vm, device)
+    index, _ = _slot(vm, str(spec.get("device")))
+    device, _ = _spec(spec, index)
     found = vfio_of(vm.kvm.kernel).passed_through[vm.name].get(device)
     if found is None:
         raise NotFoundError(f"{device} is not passed through to {vm.name}")
@@ -124,16 +121,18 @@ def preserve(vm: Vm, spec: Mapping[str, Any], session: Session | None) -> object
 
 
 def resume(vm: Vm, spec: Mapping[str, Any], session: Session | None) -> object:
-    device, _, vector = _spec(spec)
+    from luo_kvm import GuestContext
+
     if session is None:
         raise InvalidArgumentError("taking a passthrough device back needs the VM's session")
+    index, base = _slot(vm, str(spec.get("device")))
+    device, vector = _spec(spec, index)
     vfio = vfio_of(vm.kvm.kernel)
-    index, base = _slot(vm, device)
     iommufd = session.retrieve_fd(TOKEN_BASE + 2 * index)
     fd = session.retrieve_fd(TOKEN_BASE + 2 * index + 1)
-    nic = GuestNic(device, vfio.region(fd), base, vector)
-    if not nic.attached(vm):
+    driver = _driver(vm, device, vfio.region(fd), base, vector, index)
+    if not driver.attached(GuestContext(vm, vm.lock, 0)):
         raise NotFoundError(f"{device}: the guest's driver state is not in guest memory")
-    vm.add_guest_device(GuestNicDevice(nic, index))
+    vm.add_guest_device(driver)
     vfio.passed_through[vm.name][device] = (iommufd, fd)
     return {"device": device}

@@ -22,6 +22,8 @@ from luo_kvm._guest import (
     GuestContext,
     GuestCounters,
     GuestDevice,
+    GuestDriver,
+    GuestDriverSpec,
     Heartbeat,
 )
 from luo_kvm._kvm import COMPATIBLE, DRIVER, Kvm, PassthroughOps, kvm_of
@@ -42,6 +44,8 @@ __all__ = [
     "GuestContext",
     "GuestCounters",
     "GuestDevice",
+    "GuestDriver",
+    "GuestDriverSpec",
     "Heartbeat",
     "Kvm",
     "KvmRecord",

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import struct
 import threading
-from typing import Final, Protocol
+from collections.abc import Callable
+from typing import Any, Final, Protocol
 
 import attrs
 
@@ -189,6 +190,29 @@ class GuestDevice(Protocol):
     def interrupt(self, vector: int, guest: GuestContext) -> None: ...
 
     def poll(self, guest: GuestContext) -> None: ...
+
+
+class GuestDriver(GuestDevice, Protocol):
+    """The guest's driver for a device passed through to it: its state lives in guest
+    memory from its base address, so a driver rebuilt in the next kernel carries on."""
+
+    def setup(self, guest: GuestContext, irq_handle: int) -> None:
+        """The guest's probe: lay out its queues, program the device, enable it."""
+        ...
+
+    def attached(self, guest: GuestContext) -> bool:
+        """Whether guest memory already holds this driver's state (after an update)."""
+        ...
+
+
+@attrs.frozen
+class GuestDriverSpec:
+    """How a pack lets a VM drive its device: the guest memory its driver needs, and
+    ``make(device, regs, base_gpa, vector, stream)`` building the driver (see a plugin's
+    ``kvm_guest_drivers``)."""
+
+    footprint: int
+    make: Callable[[str, Any, int, int, int], GuestDriver]
 
 
 @attrs.frozen
