@@ -69,7 +69,11 @@ class Contract:
       device (the median of several updates); over it, the contract fails;
     * ``driver_override`` binds devices to the contract's driver by name, for a
       driver that matches no compatible of its own (``vfio-pci``): every kernel
-      the suite boots gets it (:class:`~luo_core.KernelConfig`).
+      the suite boots gets it (:class:`~luo_core.KernelConfig`);
+    * ``requires`` names other packs the pack's driver needs in the kernel, as
+      ``'module:attr'`` references or module names (``("luo_iommu",)`` for a
+      driver that does DMA through an IOMMU domain): every kernel the suite
+      boots loads them after the pack, the way a module's dependencies load.
     """
 
     name: str
@@ -81,4 +85,5 @@ class Contract:
     golden: Mapping[int, bytes] = attrs.field(factory=dict)
     blackout_budget_us: float = attrs.field(default=DEFAULT_BLACKOUT_BUDGET_US, validator=_budget)
     driver_override: Mapping[str, str] = attrs.field(factory=dict)
+    requires: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     origin: PluginOrigin | None = attrs.field(default=None, eq=False)

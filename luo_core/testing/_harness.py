@@ -166,7 +166,7 @@ def boot(
     if fail is not None:
         factory = functools.partial(Wrapped, pack, contract.name, fail, release)
     config = KernelConfig(
-        [factory],
+        [factory, *contract.requires],
         discover=False,
         workers=workers,
         callback_timeout=timeout,

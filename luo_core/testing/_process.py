@@ -69,7 +69,11 @@ def check_round_trip_across_processes(pack: Pack) -> None:
     ref = reference(pack)
     env = kernel_env()
     for contract in each_contract(pack):
-        config = KernelConfig([ref], discover=False, driver_override=contract.driver_override)
+        config = KernelConfig(
+            [ref, *contract.requires],
+            discover=False,
+            driver_override=contract.driver_override,
+        )
         with machine(contract, ref, env) as hardware:
             old = KernelProcess.boot(hardware, config, env=env)
             try:
@@ -161,7 +165,11 @@ def check_deterministic_across_processes(pack: Pack) -> None:
     """The same state gives the same record bytes in kernels with different hash seeds."""
     ref = reference(pack)
     for contract in each_contract(pack):
-        config = KernelConfig([ref], discover=False, driver_override=contract.driver_override)
+        config = KernelConfig(
+            [ref, *contract.requires],
+            discover=False,
+            driver_override=contract.driver_override,
+        )
         records: list[dict[str, bytes]] = []
         for seed in HASH_SEEDS:
             env = kernel_env({"PYTHONHASHSEED": seed})
