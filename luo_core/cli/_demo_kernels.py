@@ -18,8 +18,9 @@ from luo_core.abi._stats import UpdateStats
 from luo_core.errors import NotFoundError
 from luo_core.kexec import KernelProcess
 
-CONTRACT = "example-nic"
-"""The contract whose workload and snapshot the demo runs on the example NICs."""
+WORKLOADS = ("example-nic", "virtio-net", "nvme")
+"""The contracts whose workloads the demo runs on the host's own devices bound to the
+driver of the same name: traffic on its NICs, I/O on its storage."""
 
 
 @attrs.frozen
@@ -44,8 +45,8 @@ class DemoKernel(Protocol):
     def stats(self) -> UpdateStats | None: ...
     def devices(self) -> dict[str, DeviceView]: ...
     def request(self, device: str) -> None: ...
-    def workload(self, device: str) -> None: ...
-    def snapshot(self, device: str) -> object: ...
+    def workload(self, contract: str, device: str) -> None: ...
+    def snapshot(self, contract: str, device: str) -> object: ...
     def manifest(self) -> dict[str, Any]: ...
     def prepare(self, target: Mapping[str, Any] | None) -> None: ...
     def kexec(self, during_blackout: Callable[[], None] | None = None) -> DemoKernel: ...
@@ -85,11 +86,11 @@ class _Remote:
     def request(self, device: str) -> None:
         self.kernel.request(device)
 
-    def workload(self, device: str) -> None:
-        self.kernel.workload(CONTRACT, device)
+    def workload(self, contract: str, device: str) -> None:
+        self.kernel.workload(contract, device)
 
-    def snapshot(self, device: str) -> object:
-        return self.kernel.snapshot(CONTRACT, device)
+    def snapshot(self, contract: str, device: str) -> object:
+        return self.kernel.snapshot(contract, device)
 
     def manifest(self) -> dict[str, Any]:
         return self.kernel.manifest()
@@ -149,18 +150,18 @@ class _Local:
     def request(self, device: str) -> None:
         self.kernel.devices.request(device)
 
-    def _contract(self) -> Any:
+    def _contract(self, name: str) -> Any:
         for result in self.kernel.registry.pm.hook.luo_contracts():
             for contract in result or ():
-                if contract.name == CONTRACT:
+                if contract.name == name:
                     return contract
-        raise NotFoundError(f"no contract {CONTRACT!r} in this kernel's packs")
+        raise NotFoundError(f"no contract {name!r} in this kernel's packs")
 
-    def workload(self, device: str) -> None:
-        self._contract().workload(self.kernel.devices[device])
+    def workload(self, contract: str, device: str) -> None:
+        self._contract(contract).workload(self.kernel.devices[device])
 
-    def snapshot(self, device: str) -> object:
-        return self._contract().snapshot(self.kernel.devices[device])
+    def snapshot(self, contract: str, device: str) -> object:
+        return self._contract(contract).snapshot(self.kernel.devices[device])
 
     def manifest(self) -> dict[str, Any]:
         manifest: dict[str, Any] = self.kernel.manifest()

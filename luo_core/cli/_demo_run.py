@@ -25,7 +25,7 @@ import attrs
 from luo_core.abi._boot import KernelConfig
 from luo_core.abi._machine import Machine
 from luo_core.abi._stats import UpdateStats, now_ns
-from luo_core.cli._demo_kernels import DemoKernel, DeviceView, _Local, _Remote
+from luo_core.cli._demo_kernels import WORKLOADS, DemoKernel, DeviceView, _Local, _Remote
 from luo_core.cli._demo_traffic import Counters, NicSample, hardware_faults, nic_traffic
 from luo_core.cli._demo_vms import Guests, GuestSample, driver_override, guest_counters, stall_over
 from luo_core.errors import DeviceError, NotFoundError
@@ -205,10 +205,9 @@ class _Runner:
             for n, d in machine.devices.items()
             if d.compatible == EXAMPLE_NIC and n not in passed
         ]
-        self.host_nics = [n for n in self.nics if n not in self.guests.nics]
         self.life: GuestSample | None = None
         self.run = Run(options, hardware.pid)
-        self.armed: list[str] = []
+        self.armed: dict[str, str] = {}
         """The NICs whose workload runs (none without the example pack)."""
 
     def sample(self) -> NicSample:
@@ -229,18 +228,20 @@ class _Runner:
                     kernel.request(dev.name)
                 except DeviceError as exc:
                     self.run.refused.setdefault(dev.name, str(exc))
-        self.armed = []
-        for nic in self.host_nics:
-            with contextlib.suppress(NotFoundError):  # without the example pack, no traffic
-                kernel.workload(nic)
-                self.armed.append(nic)
+        self.armed = {}
+        for name, view in kernel.devices().items():
+            if name in self.guests.nics or view.driver not in WORKLOADS:
+                continue
+            with contextlib.suppress(NotFoundError):  # a pack without that contract
+                kernel.workload(view.driver, name)
+                self.armed[name] = view.driver
 
     def snapshots(self, kernel: DemoKernel) -> dict[str, object]:
         found: dict[str, object] = {}
-        for nic in self.armed:
+        for device, contract in self.armed.items():
             # A device that failed to restore has no driver state to show: not kept.
             with contextlib.suppress(Exception):
-                found[nic] = kernel.snapshot(nic)
+                found[device] = kernel.snapshot(contract, device)
         return found
 
     def live(self, kernel: DemoKernel, number: int) -> tuple[DemoKernel, Step]:
