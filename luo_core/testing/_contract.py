@@ -49,6 +49,14 @@ def _budget(_instance: object, _attribute: object, value: float) -> None:
         raise ValueError(f"blackout_budget_us must be in (0, 10 s], not {value!r}")
 
 
+def _references(value: Iterable[str]) -> tuple[str, ...]:
+    refs = (value,) if isinstance(value, str) else tuple(value)
+    for ref in refs:
+        if not isinstance(ref, str) or not ref:
+            raise ValueError(f"requires lists packs as 'module:attr' references, not {ref!r}")
+    return refs
+
+
 @attrs.frozen
 class Contract:
     """How the contract suite exercises one driver of a pack.
@@ -85,5 +93,5 @@ class Contract:
     golden: Mapping[int, bytes] = attrs.field(factory=dict)
     blackout_budget_us: float = attrs.field(default=DEFAULT_BLACKOUT_BUDGET_US, validator=_budget)
     driver_override: Mapping[str, str] = attrs.field(factory=dict)
-    requires: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    requires: tuple[str, ...] = attrs.field(default=(), converter=_references)
     origin: PluginOrigin | None = attrs.field(default=None, eq=False)

@@ -90,6 +90,6 @@ def contracts() -> list[Contract]:
             capabilities={"golden-records"},
             golden=golden(),
             # Contract.requires converts with ``tuple``, whose signature mypy cannot bind
-            requires=("luo_iommu",),  # type: ignore[arg-type]
+            requires=("luo_iommu",),
         )
     ]
