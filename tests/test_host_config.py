@@ -95,9 +95,15 @@ def test_the_built_in_host_file_describes_the_demo_host() -> None:
     assert host.updates == 3 and len(host.vms) == 2
     groups = [d.iommu_group for d in devices.values()]
     for vm in host.vms:
-        (nic,) = vm.devices
+        nic, nvme = vm.devices  # a NIC and an NVMe controller, each alone in its group
         assert devices[nic].compatible == "luo,example-nic" and nic not in host_nics
-        assert groups.count(devices[nic].iommu_group) == 1
+        assert devices[nvme].compatible == "pci1b36,0010"
+        assert (
+            groups.count(devices[nic].iommu_group) == groups.count(devices[nvme].iommu_group) == 1
+        )
+    # The host keeps an NVMe controller of its own, restored after the IOMMU it DMAs through.
+    assert devices["0000:05:00.0"].compatible == "pci1b36,0010"
+    assert ("dmar0", "0000:05:00.0") in host.machine.links
 
 
 def test_the_documented_host_with_vms_loads_as_the_page_says() -> None:

@@ -13,7 +13,7 @@ from luo_core.cli._demo_run import Run, Step
 SLOWEST = 2
 """How many participants the text names per phase."""
 UNMEASURED = {
-    "io": "no device of this host does I/O; storage comes with NVMe",
+    "io": "no VM of this host has storage passed through",
     "interrupts": "no VM counts interrupts: the host runs none",
     "packets": "no NIC or VM counts frames",
     "vm_blackout_ms": "the host runs no VMs: null for every update",
@@ -271,16 +271,22 @@ def _totals(report: Mapping[str, Any]) -> list[str]:
         lines.append(
             f"  {vm['name']}: heartbeat {vm['heartbeat']}, frames received "
             f"{vm['packets']['received']}, lost {vm['packets']['lost']}, duplicated "
-            f"{vm['packets']['duplicated']}; interrupts {vm['interrupts']['delivered']} "
+            f"{vm['packets']['duplicated']}; io completed {vm['io']['completed']}, lost "
+            f"{vm['io']['lost']}; interrupts {vm['interrupts']['delivered']} "
             f"({vm['interrupts']['spurious']} spurious)"
         )
     lines.append(
         f"  DMA faults: {report['dma_faults']}; interrupt-remapping faults: "
         f"{report['interrupt_faults']}"
     )
-    for key in ("io",):
-        if key in report["unmeasured"]:
-            lines.append(f"  {key}: not measured ({report['unmeasured'][key]})")
+    if "io" in report["unmeasured"]:
+        lines.append(f"  io: not measured ({report['unmeasured']['io']})")
+    else:
+        io = report["io"]
+        lines.append(
+            f"  io: submitted {io['submitted']}, completed {io['completed']}, lost {io['lost']} "
+            "(the guests' NVMe commands, by sequence; the rest were in flight at the end)"
+        )
     migrations = report["migrations"]
     if migrations:
         kinds = sorted({(m["compatible"], m["from_version"], m["to_version"]) for m in migrations})

@@ -28,7 +28,7 @@ from luo_core.abi._stats import UpdateStats, now_ns
 from luo_core.cli._demo_kernels import WORKLOADS, DemoKernel, DeviceView, _Local, _Remote
 from luo_core.cli._demo_traffic import Counters, NicSample, hardware_faults, nic_traffic
 from luo_core.cli._demo_vms import Guests, GuestSample, driver_override, guest_counters, stall_over
-from luo_core.errors import DeviceError, NotFoundError
+from luo_core.errors import DeviceError, HardwareError, NotFoundError
 from luo_core.kexec import KernelProcess
 from luo_core.platform import EXAMPLE_NIC, Hardware, HardwareProcess, VmSpec
 
@@ -303,6 +303,9 @@ class _Runner:
         self.say(f"update {number}/{total}: requesting devices, restarting the workload")
         self.arm(kernel, request=True)
         self.sysfs(kernel)
+        if self.guests and step.stats is not None and step.stats.freeze_start_ns is not None:
+            self.say(f"update {number}/{total}: reading the pause the VMs saw")
+            step.vm_blackout_ns = self.vm_blackout(kernel, step.stats.freeze_start_ns, resumed)
         return kernel, step
 
     def cold(self, kernel: DemoKernel, number: int) -> tuple[DemoKernel, Step]:
@@ -346,7 +349,7 @@ class _Runner:
 
     def guest_sample(self, kernel: DemoKernel) -> GuestSample:
         raised = {
-            nic: int(_registers(self.hardware.control(nic, "counters"))["irq_raised"])
+            nic: int(_registers(self.hardware.control(nic, "counters")).get("irq_raised", 0))
             for nic in self.guests.nics
         }
         return GuestSample(self.guests.stats(kernel), raised)
@@ -354,7 +357,9 @@ class _Runner:
     def start_life(self, kernel: DemoKernel) -> None:
         """The VMM starts the VMs: a new life of their guests begins."""
         self.guests.start(kernel)
-        self.life = self.guest_sample(kernel)
+        # A life starts from nothing: new guest memory, and NICs reset (cold) or still
+        # disabled since power-on (their first MSI was the new guest's).
+        self.life = GuestSample((), {})
 
     def end_life(self, kernel: DemoKernel) -> int | None:
         """The VMs' guests end a life (a reboot is coming, or the run ends): add what they
@@ -376,7 +381,8 @@ class _Runner:
         """Stop the VMs' links and let the guests take every frame their NICs received: a
         frame still in a ring after that was signalled by an interrupt that was lost."""
         for nic in self.guests.nics:
-            self.hardware.control(nic, "link", {"pps": 0})
+            with contextlib.suppress(HardwareError):  # a device with no link (storage)
+                self.hardware.control(nic, "link", {"pps": 0})
         deadline = now_ns() + int(timeout_s * 1e9)
         waiting = list(self.guests.nics)
         while waiting:
@@ -387,13 +393,18 @@ class _Runner:
         self.run.stranded = {nic: _pending(self.hardware, nic) for nic in waiting}
         self.run.totals.interrupts_lost += len(self.run.stranded)
 
-    def vm_blackouts(self) -> None:
-        """Each live update's VM blackout: the longest stall a guest logged across it."""
-        for step in self.run.steps:
-            if step.stats is None or step.stats.freeze_start_ns is None:
-                continue
-            end = step.vm_resumed_ns or step.stats.restore_end_ns or step.end_ns
-            step.vm_blackout_ns = stall_over(self.run.vms, step.stats.freeze_start_ns, end)
+    def vm_blackout(
+        self, kernel: DemoKernel, start_ns: int, resumed_ns: int | None, timeout_s: float = 2.0
+    ) -> int | None:
+        """The longest stall a guest logged across an update, read once every VM has
+        beaten again after it resumed (the stall is logged by that first heartbeat)."""
+        deadline = now_ns() + int(timeout_s * 1e9)
+        while True:
+            stats = self.guests.stats(kernel)
+            beaten = all(int(vm.get("last_ns", 0)) > (resumed_ns or 0) for vm in stats)
+            if beaten or now_ns() > deadline:
+                return stall_over(stats, start_ns, resumed_ns or now_ns())
+            time.sleep(0.001)  # the guests' own timers run them: give them the CPU
 
 
 def run_demo(machine: Machine, options: Options, say: Say = _quiet) -> Run:
@@ -425,7 +436,6 @@ def run_demo(machine: Machine, options: Options, say: Say = _quiet) -> Run:
                 say("stopping the VMs' links, letting the guests catch up")
                 runner.quiesce(kernel)
                 runner.end_life(kernel)
-                runner.vm_blackouts()
             end = runner.sample()
             run.totals.add(nic_traffic(previous, end, frozenset()))
             faults_after = hardware.stats()
@@ -444,8 +454,11 @@ def run_demo(machine: Machine, options: Options, say: Say = _quiet) -> Run:
 
 def _pending(hardware: _Powered, nic: str) -> int:
     """Frames in ``nic``'s receive ring that its driver has not taken back."""
-    regs = _registers(hardware.control(nic, "counters"))
-    size = int(regs["rx_ring_size"])
+    try:
+        regs = _registers(hardware.control(nic, "counters"))
+    except HardwareError:
+        return 0  # not a NIC: no ring of received frames
+    size = int(regs.get("rx_ring_size", 0))
     if not size:
         return 0
     return (int(regs["rx_head"]) - int(regs["rx_tail"]) - 1) % size

@@ -96,7 +96,7 @@ def _list(reply: object, key: str) -> list[Mapping[str, Any]]:
 def guest_counters(start: GuestSample, end: GuestSample) -> Counters:
     """What the guests counted between two samples of one life of the VMs (their memory
     kept all along), and the MSIs their NICs raised meanwhile."""
-    total = Counters(sources={"packets", "interrupts"})
+    total = Counters(sources={"packets", "interrupts", "io"})
     begun = {vm["name"]: vm["counters"] for vm in start.stats}
     for vm in end.stats:
         now, then = vm["counters"], begun.get(vm["name"])
@@ -110,6 +110,9 @@ def guest_counters(start: GuestSample, end: GuestSample) -> Counters:
         total.packets_duplicated += delta("packets", "duplicated")
         total.interrupts_delivered += delta("interrupts", "delivered")
         total.interrupts_spurious += delta("interrupts", "spurious")
+        total.io_submitted += delta("io", "submitted")
+        total.io_completed += delta("io", "completed")
+        total.io_lost += delta("io", "lost")
     total.packets_sent = total.packets_received + total.packets_lost
     total.interrupts_raised = sum(
         end.irq_raised[nic] - start.irq_raised.get(nic, 0) for nic in end.irq_raised

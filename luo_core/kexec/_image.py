@@ -41,7 +41,8 @@ EXIT_UNLOADED: Final = 0
 
 def warm(params: BootParams) -> list[PluginSource]:
     """Load everything a boot will need that is code, not state: the packs' factories
-    (the kernel image) and the codecs of their schemas."""
+    (the kernel image) and the codecs of their schemas (file handlers' and FLBs' too:
+    the VMM retrieves files right after the blackout)."""
     from luo_core.abi._cbor import converter
     from luo_core.kernel._kernel import load_kernel_image
     from luo_core.kernel._registry import build_registry
@@ -49,7 +50,9 @@ def warm(params: BootParams) -> list[PluginSource]:
     image = load_kernel_image(params.config)
     # A dry collection finds every schema (the plugins built here are thrown away).
     registry = build_registry(image)
-    for record in [*registry.subsystems.values(), *registry.drivers.values()]:
+    handlers = list(registry.file_handlers.values())
+    flbs = [flb for handler in handlers for flb in handler.flbs]
+    for record in [*registry.subsystems.values(), *registry.drivers.values(), *handlers, *flbs]:
         schema = getattr(record, "schema", None)
         if schema is not None:
             converter.get_structure_hook(schema)

@@ -57,6 +57,12 @@ bus = "pci"
 compatible = "pci-bridge"
 parent = "pci0000:00"
 
+[[device]]
+name = "0000:00:05.0"
+bus = "pci"
+compatible = "pci-bridge"
+parent = "pci0000:00"
+
 [[device]]          # an ISA bridge: its driver has no live-update callbacks
 name = "0000:00:1f.0"
 bus = "pci"
@@ -91,6 +97,12 @@ compatible = "luo,example-nic"
 parent = "0000:00:03.0"
 params = { rx_pps = 2_000 }
 
+[[device]]          # vm0's NVMe controller (luo-nvme): its namespace is a file
+name = "0000:03:00.1"
+bus = "pci"
+compatible = "pci1b36,0010"
+parent = "0000:00:03.0"
+
 [[device]]          # vm1's NIC
 name = "0000:04:00.0"
 bus = "pci"
@@ -98,17 +110,33 @@ compatible = "luo,example-nic"
 parent = "0000:00:04.0"
 params = { rx_pps = 2_000 }
 
+[[device]]          # vm1's NVMe controller
+name = "0000:04:00.1"
+bus = "pci"
+compatible = "pci1b36,0010"
+parent = "0000:00:04.0"
+
+[[device]]          # the host's own storage
+name = "0000:05:00.0"
+bus = "pci"
+compatible = "pci1b36,0010"
+parent = "0000:00:05.0"
+
+[[link]]            # the host's NVMe does DMA through dmar0: restored after it
+supplier = "dmar0"
+consumer = "0000:05:00.0"
+
 [[vm]]
 name = "vm0"
 memory = "16M"
 vcpus = 2
-devices = ["0000:03:00.0"]
+devices = ["0000:03:00.0", "0000:03:00.1"]
 
 [[vm]]
 name = "vm1"
 memory = "16M"
 vcpus = 2
-devices = ["0000:04:00.0"]
+devices = ["0000:04:00.0", "0000:04:00.1"]
 """
 """The host ``luo demo`` runs by default, as a host file: the platform units, the host's
 NICs (:func:`default_host` with 100 000 frames per second each), and two VMs whose NICs

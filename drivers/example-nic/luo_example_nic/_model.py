@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from luo_core.errors import InterruptRemapFaultError, IommuFaultError
-from luo_core.platform import DeviceContext, DeviceModel, Register, RegisterMap
+from luo_core.platform import BUS_MASTER, DeviceContext, DeviceModel, Register, RegisterMap
 
 COMPATIBLE = "luo,example-nic"
 CTRL_ENABLE = 1 << 0
@@ -143,6 +143,10 @@ class ExampleNicModel(DeviceModel):
 
     def _receive_dma(self, frames: int) -> None:
         regs = self.ctx.regs
+        if not self.ctx.config["command"] & BUS_MASTER:  # no DMA without bus mastering
+            _add(regs, "rx_seq", frames)
+            _add(regs, "rx_dropped", frames)
+            return
         size, ring = regs["rx_ring_size"], regs["rx_ring"]
         dma = self.ctx.dma()
         written = 0

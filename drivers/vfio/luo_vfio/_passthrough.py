@@ -33,9 +33,10 @@ FIRST_VECTOR: Final = 0x40
 device of a VM posts into vCPU 0's descriptor, so their vectors differ."""
 SLOT: Final = 1 << 20
 """Guest memory for each device's driver, from luo-kvm's device area (at most this)."""
-TOKEN_BASE: Final = 0x1000
-"""Session tokens: the guest_memfds use their memslot numbers; device ``n`` of a VM uses
-``TOKEN_BASE + 2n`` (its iommufd) and ``TOKEN_BASE + 2n + 1`` (its device file)."""
+IOMMUFD_TOKEN: Final = 0x1000
+"""Session tokens: the guest_memfds use their memslot numbers, the VM's iommufd (one IOAS
+for all its devices, as QEMU shares one per VM) this one, and device ``n``'s file
+``IOMMUFD_TOKEN + 1 + n``."""
 GUEST_DRIVERS_ATTR: Final = "kvm_guest_drivers"
 
 
@@ -92,10 +93,15 @@ def attach(vm: Vm, spec: Mapping[str, Any], session: Session | None) -> object:
     vfio, iommu = vfio_of(kernel), iommu_of(kernel)
     guest_driver(kernel, kernel.devices[device].compatible)  # refused before anything opens
     fd = vfio.open_device(device)
-    iommufd = iommu.iommufd_open()
-    domain = iommu.iommufd(iommufd).domain
-    for gpa, phys, length in vm.memory_map():
-        domain.map(gpa, phys, length)
+    shared = vfio.passed_through[vm.name]
+    if shared:  # the VM's other devices opened its iommufd: one IOAS for them all
+        iommufd = next(iter(shared.values()))[0]
+        domain = iommu.iommufd(iommufd).domain
+    else:
+        iommufd = iommu.iommufd_open()
+        domain = iommu.iommufd(iommufd).domain
+        for gpa, phys, length in vm.memory_map():
+            domain.map(gpa, phys, length)
     vfio.bind_iommufd(fd, iommufd)
     handle = vfio.set_irq_posted(fd, 0, vm.vcpus[0].pi_desc_phys, vector)
     vfio.enable_bus_master(fd)
@@ -115,8 +121,9 @@ def preserve(vm: Vm, spec: Mapping[str, Any], session: Session | None) -> object
     if found is None:
         raise NotFoundError(f"{device} is not passed through to {vm.name}")
     iommufd, fd = found
-    session.preserve_fd(iommufd, TOKEN_BASE + 2 * index)
-    session.preserve_fd(fd, TOKEN_BASE + 2 * index + 1)
+    if index == 0:
+        session.preserve_fd(iommufd, IOMMUFD_TOKEN)
+    session.preserve_fd(fd, IOMMUFD_TOKEN + 1 + index)
     return {"device": device}
 
 
@@ -128,8 +135,9 @@ def resume(vm: Vm, spec: Mapping[str, Any], session: Session | None) -> object:
     index, base = _slot(vm, str(spec.get("device")))
     device, vector = _spec(spec, index)
     vfio = vfio_of(vm.kvm.kernel)
-    iommufd = session.retrieve_fd(TOKEN_BASE + 2 * index)
-    fd = session.retrieve_fd(TOKEN_BASE + 2 * index + 1)
+    shared = vfio.passed_through[vm.name]
+    iommufd = next(iter(shared.values()))[0] if shared else session.retrieve_fd(IOMMUFD_TOKEN)
+    fd = session.retrieve_fd(IOMMUFD_TOKEN + 1 + index)
     driver = _driver(vm, device, vfio.region(fd), base, vector, index)
     if not driver.attached(GuestContext(vm, vm.lock, 0)):
         raise NotFoundError(f"{device}: the guest's driver state is not in guest memory")
