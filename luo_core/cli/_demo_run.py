@@ -310,7 +310,7 @@ class _Runner:
 
     def cold(self, kernel: DemoKernel, number: int) -> tuple[DemoKernel, Step]:
         self.say(f"reboot {number}/{self.options.updates}: kexec, probe")
-        last_beat = self.end_life(kernel)
+        last_beat = self.end_life(kernel, dying=True)
         before = self.sample()
         old_pid = kernel.pid
         gone: list[int] = []
@@ -361,7 +361,7 @@ class _Runner:
         # disabled since power-on (their first MSI was the new guest's).
         self.life = GuestSample((), {})
 
-    def end_life(self, kernel: DemoKernel) -> int | None:
+    def end_life(self, kernel: DemoKernel, *, dying: bool = False) -> int | None:
         """The VMs' guests end a life (a reboot is coming, or the run ends): add what they
         counted; the last heartbeat any of them wrote."""
         if not self.guests or self.life is None:
@@ -372,6 +372,8 @@ class _Runner:
             counted.packets_sent = counted.packets_received = 0
             counted.packets_lost = counted.packets_duplicated = 0
             counted.sources.discard("packets")
+        if dying:  # the VMs die with the kernel: their commands in flight never complete
+            counted.io_lost += counted.io_submitted - counted.io_completed - counted.io_lost
         self.run.totals.add(counted)
         self.run.vms = list(end.stats)
         self.life = None
