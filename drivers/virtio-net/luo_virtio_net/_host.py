@@ -26,6 +26,7 @@ indices, without resetting the device.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -33,7 +34,13 @@ import attrs
 from luo_core import Device, DeviceDriverOps, PhysAddr, schema_of, state, u16, u64
 from luo_core.abi import MemRange
 from luo_core.abi._kho import find_containing
-from luo_core.errors import BusyError, DeviceError, HandoffError, NotFoundError
+from luo_core.errors import (
+    BusyError,
+    DeviceError,
+    HandoffError,
+    LiveUpdateError,
+    NotFoundError,
+)
 from luo_virtio_net._abi import (
     ACKNOWLEDGE,
     BUFFER_SIZE,
@@ -219,17 +226,25 @@ class VirtioNetOps(DeviceDriverOps):
         return iommu_of(self.kernel)
 
     def _link(self, dev: Device, iommu: Iommu) -> None:
-        """``dmar0`` supplies this function: it takes part in its updates."""
+        """``dmar0`` supplies this function: it takes part in its updates.
+
+        A machine that declares the link (``Machine.link``, as firmware describes a
+        DMAR unit's device scope) has it in every kernel; otherwise probe adds it,
+        when the kernel allows (not while an update is being restored), and it lasts
+        for that kernel only.
+        """
         unit = iommu.dev
         if unit is not None and unit not in dev.suppliers:
-            self.kernel.devices.link(unit.name, dev.name)
+            with contextlib.suppress(LiveUpdateError):
+                self.kernel.devices.link(unit.name, dev.name)
 
     # -- binding ------------------------------------------------------------------------
 
     def probe(self, dev: Device) -> None:
         kernel, regs, name = self.kernel, dev.regs, dev.name
         iommu = self._iommu()
-        features = negotiate(regs, WANTED, name)
+        features = negotiate(regs, WANTED, name)  # the reset stops any DMA first
+        self._drop_stale_domain(iommu, name)
         if not features >> F_IN_ORDER & 1:
             write_sync(regs, "device_status", regs["device_status"] | FAILED, name)
             raise DeviceError(f"{name}: the device does not offer VIRTIO_F_IN_ORDER")
@@ -275,6 +290,19 @@ class VirtioNetOps(DeviceDriverOps):
             tx=QueueState(layout.tx),
             memory=kernel.memory,
         )
+
+    @staticmethod
+    def _drop_stale_domain(iommu: Iommu, name: str) -> None:
+        """A function probed afresh after an update that did not preserve it may still
+        be attached to its previous kernel's domain (``dmar0`` hands every domain over):
+        detach it and free that domain if nothing else uses it."""
+        stale = iommu.attachments().get(name)
+        if stale is None:
+            return
+        iommu.detach(name)
+        domain = iommu.domain(stale)
+        if not iommu.attached_to(domain):
+            iommu.domain_free(domain)
 
     def shutdown(self, dev: Device) -> None:
         dev.regs["device_status"] = 0  # reset: the device stops its DMA (no need to wait)
