@@ -20,6 +20,8 @@ from luo_virtio_net._contract import contracts, virtio_net_host
 from luo_virtio_net._guest import FOOTPRINT, GuestState, GuestVirtioNet, read_state
 from luo_virtio_net._host import (
     DRIVER_NAME as DRIVER,
+)
+from luo_virtio_net._host import (
     QueueRecord,
     VirtioNetOps,
     VirtioNetRecord,

@@ -51,12 +51,7 @@ F_EVENT_IDX: Final = 29  # VIRTIO_RING_F_EVENT_IDX
 F_VERSION_1: Final = 32  # VIRTIO_F_VERSION_1
 F_IN_ORDER: Final = 35  # VIRTIO_F_IN_ORDER
 OFFERED: Final = (
-    1 << F_MTU
-    | 1 << F_MAC
-    | 1 << F_STATUS
-    | 1 << F_EVENT_IDX
-    | 1 << F_VERSION_1
-    | 1 << F_IN_ORDER
+    1 << F_MTU | 1 << F_MAC | 1 << F_STATUS | 1 << F_EVENT_IDX | 1 << F_VERSION_1 | 1 << F_IN_ORDER
 )
 """What the device offers; anything else a driver acknowledges is refused at FEATURES_OK."""
 NET_S_LINK_UP: Final = 1  # VIRTIO_NET_S_LINK_UP

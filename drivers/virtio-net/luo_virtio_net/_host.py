@@ -48,11 +48,11 @@ from luo_virtio_net._abi import (
     DRIVER,
     DRIVER_OK,
     F_EVENT_IDX,
-    FAILED,
     F_IN_ORDER,
     F_MAC,
     F_MTU,
     F_VERSION_1,
+    FAILED,
     FEATURES_OK,
     NEEDS_RESET,
     NO_VECTOR,
@@ -74,14 +74,13 @@ from luo_virtio_net._guest import frame_seq, tx_packet
 from luo_virtio_net._virtqueue import DriverQueue
 
 if TYPE_CHECKING:
-    from luo_core import Kernel
     from luo_iommu import Domain, Iommu
+
+    from luo_core import Kernel
 
 DRIVER_NAME: Final = "virtio-net"
 HOST_QUEUE: Final = 256
-WANTED: Final = (
-    1 << F_VERSION_1 | 1 << F_MAC | 1 << F_MTU | 1 << F_EVENT_IDX | 1 << F_IN_ORDER
-)
+WANTED: Final = 1 << F_VERSION_1 | 1 << F_MAC | 1 << F_MTU | 1 << F_EVENT_IDX | 1 << F_IN_ORDER
 V1_BUFFER_SIZE: Final = 128
 """What a v1 driver always posted."""
 
@@ -172,7 +171,9 @@ class QueueState:
 
     def record(self, index: int) -> QueueRecord:
         r = self.ring
-        return QueueRecord(index, r.size, r.desc, r.driver, r.device, self.avail_idx, self.last_used)
+        return QueueRecord(
+            index, r.size, r.desc, r.driver, r.device, self.avail_idx, self.last_used
+        )
 
 
 @attrs.define
@@ -398,8 +399,10 @@ class VirtioNetOps(DeviceDriverOps):
         if iommu.attachments().get(name) != domain_id:
             raise HandoffError(f"{name}: not attached to IOMMU domain {domain_id}")
         covered = any(
-            m.iova == m.phys and m.iova <= layout.region
-            and layout.region + layout.length <= m.iova + m.length and m.write
+            m.iova == m.phys
+            and m.iova <= layout.region
+            and layout.region + layout.length <= m.iova + m.length
+            and m.write
             for m in domain.mappings()
         )
         if not covered:

@@ -39,8 +39,8 @@ through the IOMMU (``ctx.dma()``).  Frames arrive from the link at
 next available receive buffer, is written into it (``struct
 virtio_net_hdr_v1`` then the frame) and returned in the used ring; with no
 buffer available it is dropped and counted (``rx_dropped``).  The transmit
-queue is consumed on its doorbell and on every tick; its frames are counted
-(``tx_frames``).  After adding used entries the device decides whether to
+queue is consumed when its doorbell rings (the model needs no kernel for it);
+its frames are counted (``tx_frames``).  After adding used entries the device decides whether to
 raise the queue's MSI by VIRTIO_F_EVENT_IDX (``used_event``, ``vring_need_event``)
 or by ``VRING_AVAIL_F_NO_INTERRUPT``, and publishes ``avail_event``.  The MSI
 goes through interrupt remapping to the handle the driver wrote as the
@@ -262,7 +262,6 @@ class VirtioNetModel(DeviceModel):
         frames, self._carry = divmod(self._carry, 1_000_000_000)
         if frames:
             self._receive(frames)
-        self._transmit()
 
     def control(self, op: str, args: Mapping[str, Any]) -> object:
         if op == "receive":

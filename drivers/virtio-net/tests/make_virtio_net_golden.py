@@ -1,4 +1,4 @@
-"""Writes the golden records: ``python drivers/virtio-net/tests/make_virtio_net_golden.py VERSION``."""
+"""Writes a golden record: ``python drivers/virtio-net/tests/make_virtio_net_golden.py N``."""
 
 from __future__ import annotations
 

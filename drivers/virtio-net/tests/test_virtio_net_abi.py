@@ -60,7 +60,7 @@ def test_a_split_virtqueue_is_laid_out_as_virtio_ring_h_says() -> None:
     {flags; idx; {le32 id; le32 len} ring[num]; avail_event}."""
     assert VRING_DESC.size == 16 and VRING_USED_ELEM.size == 8
     assert VRING_DESC.pack(0x1122334455667788, 0x99AABBCC, 0x0102, 0x0304) == bytes.fromhex(
-        "8877665544332211" "ccbbaa99" "0201" "0403"
+        "8877665544332211ccbbaa9902010403"
     )
     assert VRING_USED_ELEM.pack(7, 72) == struct.pack("<II", 7, 72)
     ring = RingLayout.at(0x10000, 256)

@@ -4,6 +4,7 @@ a reset device and hostile records refused, the record's versions."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import attrs
 import luo_iommu
@@ -22,6 +23,11 @@ from luo_core.platform import Hardware
 
 NIC, OTHER = NICS
 RECORDS = {"luo,virtio-net-state": VirtioNetRecord}
+
+
+def evolve(record: Any, **changes: Any) -> Any:
+    """``attrs.evolve`` for a ``@state`` record (typed loosely: the decorator hides attrs)."""
+    return attrs.evolve(record, **changes)
 
 
 @pytest.fixture(autouse=True)
@@ -119,21 +125,21 @@ def test_hostile_records_are_refused_and_nothing_is_taken(hw: Hardware) -> None:
     rx, tx = record.queues
     other = net(new, OTHER)
     bad = {
-        "a region never preserved": attrs.evolve(record, region=other.layout.region),
-        "a region off by a page": attrs.evolve(record, region=record.region + 4096),
-        "features it cannot run": attrs.evolve(record, features=record.features | 1 << 40),
-        "another domain": attrs.evolve(record, domain=other.domain),
-        "a domain never handed over": attrs.evolve(record, domain=999),
-        "a queue elsewhere": attrs.evolve(record, queues=[attrs.evolve(rx, desc=0), tx]),
-        "an avail index that lies": attrs.evolve(
-            record, queues=[attrs.evolve(rx, avail_idx=rx.avail_idx + 1), tx]
+        "a region never preserved": evolve(record, region=other.layout.region),
+        "a region off by a page": evolve(record, region=record.region + 4096),
+        "features it cannot run": evolve(record, features=record.features | 1 << 40),
+        "another domain": evolve(record, domain=other.domain),
+        "a domain never handed over": evolve(record, domain=999),
+        "a queue elsewhere": evolve(record, queues=[evolve(rx, desc=0), tx]),
+        "an avail index that lies": evolve(
+            record, queues=[evolve(rx, avail_idx=rx.avail_idx + 1), tx]
         ),
-        "a used index past the ring": attrs.evolve(
-            record, queues=[attrs.evolve(rx, last_used=rx.last_used + 1000), tx]
+        "a used index past the ring": evolve(
+            record, queues=[evolve(rx, last_used=rx.last_used + 1000), tx]
         ),
-        "one queue": attrs.evolve(record, queues=[rx]),
-        "odd sizes": attrs.evolve(record, queues=[attrs.evolve(rx, size=100), tx]),
-        "other buffers": attrs.evolve(record, buffer_size=2048),
+        "one queue": evolve(record, queues=[rx]),
+        "odd sizes": evolve(record, queues=[evolve(rx, size=100), tx]),
+        "other buffers": evolve(record, buffer_size=2048),
     }
     for what, data in bad.items():
         with pytest.raises(HandoffError):
@@ -163,8 +169,8 @@ def test_v1_records_migrate_and_older_kernels_get_v1_back() -> None:
     v1 = decode_record(golden()[1], RECORDS)
     assert isinstance(v1, VirtioNetRecord)
     assert (v1.buffer_size, v1.rx_frames, v1.tx_frames) == (128, None, None)
-    assert attrs.evolve(v1, rx_frames=37, tx_frames=7) == golden_state()
+    assert evolve(v1, rx_frames=37, tx_frames=7) == golden_state()
     assert golden_record(1) == golden()[1] and golden_record(2) == golden()[2]
     assert decode_record(golden()[2], RECORDS) == golden_state()
     with pytest.raises(DeviceError, match="cannot run buffers of 2048"):
-        encode_record(attrs.evolve(golden_state(), buffer_size=2048), version=1)
+        encode_record(evolve(golden_state(), buffer_size=2048), version=1)
