@@ -95,8 +95,8 @@ def test_the_built_in_host_file_describes_the_demo_host() -> None:
     assert host.updates == 3 and len(host.vms) == 2
     groups = [d.iommu_group for d in devices.values()]
     for vm in host.vms:
-        nic, nvme = vm.devices  # a NIC and an NVMe controller, each alone in its group
-        assert devices[nic].compatible == "luo,example-nic" and nic not in host_nics
+        nic, nvme = vm.devices  # a virtio-net NIC and an NVMe controller, each alone in its group
+        assert devices[nic].compatible == "pci1af4,1041" and nic not in host_nics
         assert devices[nvme].compatible == "pci1b36,0010"
         assert (
             groups.count(devices[nic].iommu_group) == groups.count(devices[nvme].iommu_group) == 1

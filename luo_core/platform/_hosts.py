@@ -11,8 +11,9 @@ PCI_BRIDGE = "pci-bridge"
 ISA_BRIDGE = "pci8086,7000"
 
 DEFAULT_HOST_TOML = """\
-# The host luo demo runs: two VMs, each with a NIC passed through VFIO behind the
-# IOMMU, the host's own NICs, and three live updates in a row.
+# The host luo demo runs: two VMs, each with a virtio-net NIC and an NVMe controller
+# passed through VFIO behind the IOMMU, the host's own NICs and NVMe, and three live
+# updates in a row.
 memory = "1G"
 scratch = "16M"
 updates = 3
@@ -90,10 +91,10 @@ compatible = "luo,example-nic"
 parent = "0000:00:02.0"
 params = { rx_pps = 100_000 }
 
-[[device]]          # vm0's NIC: receives by DMA into guest memory
+[[device]]          # vm0's virtio-net NIC (luo-virtio-net): receives by DMA into guest memory
 name = "0000:03:00.0"
 bus = "pci"
-compatible = "luo,example-nic"
+compatible = "pci1af4,1041"
 parent = "0000:00:03.0"
 params = { rx_pps = 2_000 }
 
@@ -103,10 +104,10 @@ bus = "pci"
 compatible = "pci1b36,0010"
 parent = "0000:00:03.0"
 
-[[device]]          # vm1's NIC
+[[device]]          # vm1's virtio-net NIC
 name = "0000:04:00.0"
 bus = "pci"
-compatible = "luo,example-nic"
+compatible = "pci1af4,1041"
 parent = "0000:00:04.0"
 params = { rx_pps = 2_000 }
 

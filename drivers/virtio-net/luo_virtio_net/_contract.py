@@ -77,7 +77,6 @@ def contracts() -> list[Contract]:
             snapshot=snapshot,
             capabilities={"golden-records", "traffic-during-prepare"},
             golden=golden(),
-            # mypy reads the field through its converter (tuple) as Iterable[_T_co]
-            requires=REQUIRES,  # type: ignore[arg-type]
+            requires=REQUIRES,
         )
     ]

@@ -236,7 +236,13 @@ class GuestVirtioNet:
         self._save(guest, state)
 
     def poll(self, guest: Any) -> None:
-        """Transmit a few frames, reaping finished ones first (``start_xmit``)."""
+        """Transmit a few frames, reaping finished ones first (``start_xmit``).
+
+        Only vCPU 0 runs the driver, where its MSI is posted: its state in guest memory
+        is read, changed and written back without a lock, so one vCPU must own it.
+        """
+        if getattr(guest, "vcpu", 0) != 0:
+            return
         state = self.state(guest)
         self._reap_tx(guest, state)
         self._transmit(guest, state, TX_PER_STEP)

@@ -122,3 +122,29 @@ def test_a_vm_keeps_every_frame_across_a_cross_process_live_update() -> None:
                 new.finish()
         finally:
             link.close()
+
+
+class _Memory:
+    """Guest memory as a bytearray, with the GuestContext calls a driver makes."""
+
+    def __init__(self, vcpu: int) -> None:
+        self.bytes = bytearray(1 << 20)
+        self.vcpu = vcpu
+
+    def read(self, gpa: int, length: int) -> bytes:
+        return bytes(self.bytes[gpa : gpa + length])
+
+    def write(self, gpa: int, data: bytes) -> None:
+        self.bytes[gpa : gpa + len(data)] = data
+
+
+def test_only_vcpu_0_runs_the_driver_so_its_state_has_one_writer() -> None:
+    """The driver reads, changes and writes its state in guest memory without a lock: a
+    second vCPU polling it at the same time would write back a stale receive index, and
+    the next interrupt would count frames again (duplicates)."""
+    from luo_virtio_net import GuestVirtioNet
+
+    guest = _Memory(vcpu=1)
+    driver = GuestVirtioNet("nic", {}, 0x1000, 0x40, 0)
+    driver.poll(guest)  # touches neither the device (no registers) nor guest memory
+    assert guest.bytes == bytearray(1 << 20)
