@@ -19,7 +19,7 @@ from luo_core.abi._dmar import ContextEntry, encode_root_entry, requester_id
 from luo_core.abi._iopgtable import PageTableWriter
 from luo_core.abi._irte import PostedIrte
 from luo_core.abi._posted import PiDesc, drain
-from luo_core.platform import Hardware, Machine, PhysicalMemory
+from luo_core.platform import BUS_MASTER, Hardware, Machine, PhysicalMemory
 from luo_core.platform._atomic import AtomicWords
 
 NIC = "0000:03:00.0"
@@ -63,6 +63,7 @@ def hw() -> Iterator[Hardware]:
         hardware.ram.write(IR_TABLE + 5 * 16, PostedIrte(vector=VECTOR, pda=PI_DESC).encode())
         hardware.ram.write(PI_DESC, PiDesc(nv=0xF2, ndst=0).encode())
         hardware.interrupts.set_table(IR_TABLE, 256)
+        hardware.config(NIC)["command"] = BUS_MASTER  # what the guest's probe turns on
         yield hardware
 
 
@@ -120,3 +121,15 @@ def test_an_msi_through_a_missing_entry_is_a_counted_fault(hw: Hardware) -> None
     regs = hw.registers(NIC)
     assert (regs["rx_frames"], regs["irq_raised"], regs["irq_faults"]) == (2, 0, 1)
     assert hw.interrupts.faults == 1 and pending(hw) == []
+
+
+def test_without_bus_mastering_the_nic_does_no_dma(hw: Hardware) -> None:
+    """PCI command bit 2 off (a driver's shutdown, vfio-pci's included): every frame is
+    dropped, guest memory is untouched and the IOMMU sees nothing."""
+    guest, nic = Guest(hw.ram), GuestNic(NIC, hw.registers(NIC), 0, VECTOR)
+    nic.setup(guest, 8, irq_handle=5)
+    hw.config(NIC)["command"] = 0
+    before = hw.ram.read(GUEST, GUEST_SIZE)
+    hw.control(NIC, "receive", {"frames": 3})
+    assert hw.ram.read(GUEST, GUEST_SIZE) == before
+    assert (hw.registers(NIC)["rx_dropped"], hw.iommu.faults) == (3, 0)

@@ -61,7 +61,7 @@ from typing import Any, Final
 import attrs
 
 from luo_core.errors import InterruptRemapFaultError, IommuFaultError
-from luo_core.platform import DeviceContext, DeviceDma, DeviceModel
+from luo_core.platform import BUS_MASTER, DeviceContext, DeviceDma, DeviceModel
 from luo_virtio_net._abi import (
     AVAIL_F_NO_INTERRUPT,
     COMPATIBLE,
@@ -292,9 +292,13 @@ class VirtioNetModel(DeviceModel):
         regs = self.ctx.regs
         regs[name] = (regs[name] + n) % (1 << 64)
 
+    def _mastering(self) -> bool:
+        """Whether the function may do DMA: no bus mastering, no DMA (PCI command bit 2)."""
+        return bool(self.ctx.config["command"] & BUS_MASTER)
+
     def _receive(self, frames: int) -> None:
         q = self.queues[RX]
-        if not (self.live and q.enabled):
+        if not (self.live and q.enabled and self._mastering()):
             self._add("rx_seq", frames)
             self._add("rx_dropped", frames)
             return
@@ -330,7 +334,7 @@ class VirtioNetModel(DeviceModel):
 
     def _transmit(self) -> None:
         q = self.queues[TX]
-        if not (self.live and q.enabled):
+        if not (self.live and q.enabled and self._mastering()):
             return
         dma, ring, old = self.ctx.dma(), q.ring(), q.used_idx
         try:

@@ -84,6 +84,7 @@ def rig() -> Iterator[tuple[Hardware, Kernel, Guest, int]]:
         )
         kernel.memory.write(tables + 4096, PiDesc(nv=0xF2, ndst=0).encode())
         hw.interrupts.set_table(tables, 256)
+        kernel.devices[NIC].set_bus_master(True)  # what vfio-pci does for the guest
         yield hw, kernel, Guest(kernel, phys), tables + 4096
 
 
@@ -225,6 +226,19 @@ def test_a_dma_the_iommu_refuses_is_counted_not_a_crash(rig: Any) -> None:
     assert hw.iommu.faults >= 3
     hw.control(NIC, "receive", {"frames": 1})  # still alive
     assert regs["rx_seq"] == 4
+
+
+def test_without_bus_mastering_the_function_does_no_dma(rig: Any) -> None:
+    """PCI command bit 2 off (a driver's shutdown, vfio-pci's included): frames are
+    dropped and counted, and the IOMMU sees no request."""
+    hw, kernel, mem, _ = rig
+    guest, nic = GuestContext(mem, threading.Lock()), driver(kernel)
+    nic.setup(guest, HANDLE)
+    hw.sync()
+    kernel.devices[NIC].set_bus_master(False)
+    hw.control(NIC, "receive", {"frames": 3})
+    regs = hw.registers(NIC)
+    assert (regs["rx_dropped"], regs["rx_frames"], hw.iommu.faults) == (3, 0, 0)
 
 
 def test_a_descriptor_loop_breaks_the_device_until_reset(rig: Any) -> None:
