@@ -18,8 +18,10 @@ never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -52,9 +54,13 @@ class VfioDevice:
     """An open device file: the VMM's handle on one device."""
 
     fd: int
-    """The driver's own reference to the file, to recognise it by."""
+    """The driver's own reference to the file, to recognise it by (closed with this
+    object, so with its kernel)."""
     dev: Device
     iommufd_bound: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        weakref.finalize(self, _close, self.fd)
 
 
 class Vfio(DeviceDriverOps):
@@ -214,3 +220,8 @@ def vfio_of(kernel: Kernel) -> Vfio:
 
 def plain_irqs(state: Any) -> dict[int, int]:
     return dict(state.irqs) if isinstance(state, VfioState) else {}
+
+
+def _close(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)

@@ -110,7 +110,10 @@ def test_a_vm_keeps_every_frame_across_a_cross_process_live_update() -> None:
                     lambda: stats_of(new),
                     lambda s: s["counters"]["packets"]["received"] >= target,
                 )
+                new.command("vmm-stop")  # the guest stops counting: one consistent reading
+                after = stats_of(new)
                 packets = after["counters"]["packets"]
+                assert packets["received"] >= target
                 assert packets["lost"] == 0 and packets["duplicated"] == 0
                 counters = machine.control(NIC, "counters")
                 assert isinstance(counters, dict)

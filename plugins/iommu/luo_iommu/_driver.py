@@ -13,9 +13,11 @@ what the record says, and adopts it all without writing a byte.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import time
+import weakref
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -69,6 +71,8 @@ class IommuFd:
     def __init__(self, iommu: Iommu, own_fd: int, domain: Domain) -> None:
         self._iommu = iommu
         self._own = own_fd  # the driver's own reference, to recognise the file by
+        # Closed when the object goes: with its kernel, which leaves no descriptor behind.
+        weakref.finalize(self, _close, own_fd)
         self.domain = domain
 
     def attach(self, device: str) -> None:
@@ -575,3 +579,8 @@ def iommu_of(kernel: Kernel) -> Iommu:
         if bound and isinstance(ops, Iommu) and ops.probed:
             return ops
     raise NotFoundError(f"{DRIVER}: no {COMPATIBLE!r} device is bound (dmar0 missing?)")
+
+
+def _close(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
