@@ -33,6 +33,7 @@ from typing import Any, Final
 
 from luo_core.errors import InterruptRemapFaultError, IommuFaultError
 from luo_core.platform import BUS_MASTER, DeviceContext, DeviceModel, Register, RegisterMap
+from luo_core.platform._traffic import Arrivals, injected
 
 COMPATIBLE = "luo,example-nic"
 CTRL_ENABLE = 1 << 0
@@ -83,10 +84,8 @@ class ExampleNicModel(DeviceModel):
 
     def __init__(self, ctx: DeviceContext) -> None:
         super().__init__(ctx)
-        self.rx_pps = ctx.params.get("rx_pps", 0)
-        self.period = TICK_S if self.rx_pps else None
-        self._last_ns: int | None = None
-        self._carry = 0  # frame fractions, in frame-nanoseconds
+        self.link = Arrivals(ctx.params.get("rx_pps", 0))
+        self.period = TICK_S if self.link.pps else None
 
     def reset(self) -> None:
         self.ctx.regs["mac"] = burned_in_mac(self.ctx.name)
@@ -101,30 +100,16 @@ class ExampleNicModel(DeviceModel):
         regs["tx_head"] = tail
 
     def tick(self, now_ns: int) -> None:
-        if self._last_ns is None:
-            self._last_ns = now_ns
-            return
-        self._carry += (now_ns - self._last_ns) * self.rx_pps
-        self._last_ns = now_ns
-        frames, self._carry = divmod(self._carry, 1_000_000_000)
-        self._receive(frames)
+        self._receive(self.link.due(now_ns))
 
     def control(self, op: str, args: Mapping[str, Any]) -> object:
         if op == "receive":
-            frames = args.get("frames")
-            if type(frames) is not int or not 0 <= frames < 1 << 32:
-                raise ValueError(f"receive takes frames=0..2**32-1, not {frames!r}")
-            self._receive(frames)
+            self._receive(injected(args))
             return None
         if op == "counters":
             return self.ctx.regs.values()
         if op == "link":
-            pps = args.get("pps")
-            if type(pps) is not int or not 0 <= pps <= 10_000_000:
-                raise ValueError(f"link takes pps=0..10000000, not {pps!r}")
-            self.rx_pps = pps  # the link's rate changes; frames already counted stay
-            self.period = TICK_S if pps else None
-            self._last_ns = None
+            self.period = TICK_S if self.link.set_rate(args) else None
             return None
         return super().control(op, args)
 

@@ -15,23 +15,15 @@ import time
 from typing import Any
 
 from luo_nvme import COMPATIBLE
+from luo_vfio._passthrough import passthrough_host, passthrough_vm
 
 from luo_core import KernelConfig, Machine
 from luo_core.kexec import KernelProcess
-from luo_core.platform import HOST_BRIDGE, PCI_BRIDGE, HardwareProcess
+from luo_core.platform import HardwareProcess
 
 CTRL = "0000:01:00.0"
 DEADLINE_S = 30.0  # a bound on waiting for the guest, never a pace
-SPEC = {
-    "vms": [
-        {
-            "name": "vm0",
-            "memory": 4 << 20,
-            "vcpus": 1,
-            "devices": [{"kind": "vfio", "device": CTRL}],
-        }
-    ]
-}
+SPEC = passthrough_vm(CTRL)
 CONFIG = KernelConfig(
     ["luo_nvme", "luo_iommu", "luo_irqchip", "luo_kvm", "luo_vfio:VfioPack"],
     discover=False,
@@ -40,14 +32,7 @@ CONFIG = KernelConfig(
 
 
 def host() -> Machine:
-    machine = Machine(memory_size=256 << 20, scratch_size=16 << 20)
-    machine.add("dmar0", compatible="intel,vtd")
-    machine.add("ir0", compatible="intel,vtd-ir")
-    machine.add("kvm", compatible="luo,kvm")
-    machine.add("pci0000:00", compatible=HOST_BRIDGE)
-    machine.add_pci("0000:00:01.0", compatible=PCI_BRIDGE, parent="pci0000:00")
-    machine.add_pci(CTRL, compatible=COMPATIBLE, parent="0000:00:01.0")
-    return machine
+    return passthrough_host(CTRL, COMPATIBLE)
 
 
 def io(kernel: KernelProcess) -> dict[str, int]:

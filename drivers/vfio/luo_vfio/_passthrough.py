@@ -19,7 +19,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
+from luo_core import Machine
 from luo_core.errors import InvalidArgumentError, NotFoundError
+from luo_core.platform import HOST_BRIDGE, PCI_BRIDGE
 from luo_vfio._vfio import vfio_of
 
 if TYPE_CHECKING:
@@ -144,3 +146,24 @@ def resume(vm: Vm, spec: Mapping[str, Any], session: Session | None) -> object:
     vm.add_guest_device(driver)
     vfio.passed_through[vm.name][device] = (iommufd, fd)
     return {"device": device}
+
+
+def passthrough_host(
+    device: str, compatible: str, params: Mapping[str, int] | None = None
+) -> Machine:
+    """A small host to pass one PCI function to a VM: the remapping units, /dev/kvm, and
+    ``device`` alone in its IOMMU group behind a bridge (a pack's VM tests start here)."""
+    machine = Machine(memory_size=256 << 20, scratch_size=16 << 20)
+    machine.add("dmar0", compatible="intel,vtd")
+    machine.add("ir0", compatible="intel,vtd-ir")
+    machine.add("kvm", compatible="luo,kvm")
+    machine.add("pci0000:00", compatible=HOST_BRIDGE)
+    machine.add_pci("0000:00:01.0", compatible=PCI_BRIDGE, parent="pci0000:00")
+    machine.add_pci(device, compatible=compatible, parent="0000:00:01.0", params=params)
+    return machine
+
+
+def passthrough_vm(device: str, memory: int = 4 << 20) -> dict[str, Any]:
+    """The VMM's ``vmm-start`` arguments for one single-vCPU VM given ``device``."""
+    vm = {"name": "vm0", "memory": memory, "vcpus": 1}
+    return {"vms": [{**vm, "devices": [{"kind": KIND, "device": device}]}]}

@@ -62,6 +62,7 @@ import attrs
 
 from luo_core.errors import InterruptRemapFaultError, IommuFaultError
 from luo_core.platform import BUS_MASTER, DeviceContext, DeviceDma, DeviceModel
+from luo_core.platform._traffic import Arrivals, injected
 from luo_virtio_net._abi import (
     AVAIL_F_NO_INTERRUPT,
     COMPATIBLE,
@@ -133,10 +134,8 @@ class VirtioNetModel(DeviceModel):
 
     def __init__(self, ctx: DeviceContext) -> None:
         super().__init__(ctx)
-        self.rx_pps = ctx.params.get("rx_pps", 0)
+        self.link = Arrivals(ctx.params.get("rx_pps", 0))
         self.period = TICK_S
-        self._last_ns: int | None = None
-        self._carry = 0
         self.mac = burned_in_mac(ctx.name)
         self._clear()
 
@@ -255,28 +254,18 @@ class VirtioNetModel(DeviceModel):
     # -- time and the link -------------------------------------------------------------
 
     def tick(self, now_ns: int) -> None:
-        if self._last_ns is None:
-            self._last_ns = now_ns
-        self._carry += (now_ns - self._last_ns) * self.rx_pps
-        self._last_ns = now_ns
-        frames, self._carry = divmod(self._carry, 1_000_000_000)
+        frames = self.link.due(now_ns)
         if frames:
             self._receive(frames)
 
     def control(self, op: str, args: Mapping[str, Any]) -> object:
         if op == "receive":
-            frames = args.get("frames")
-            if type(frames) is not int or not 0 <= frames < 1 << 32:
-                raise ValueError(f"receive takes frames=0..2**32-1, not {frames!r}")
-            self._receive(frames)
+            self._receive(injected(args))
             return None
         if op == "counters":
             return self.ctx.regs.values()
         if op == "link":
-            pps = args.get("pps")
-            if type(pps) is not int or not 0 <= pps <= 10_000_000:
-                raise ValueError(f"link takes pps=0..10000000, not {pps!r}")
-            self.rx_pps, self._last_ns, self._carry = pps, None, 0
+            self.link.set_rate(args)
             return None
         if op == "queues":
             return {

@@ -10,27 +10,19 @@ from typing import Any
 
 import pytest
 from luo_kvm import DEVICE_AREA_GPA
+from luo_vfio._passthrough import passthrough_host, passthrough_vm
 from luo_virtio_net import COMPATIBLE, read_state
 
 from luo_core import KernelConfig, Machine
 from luo_core.kernel._hwlink import HardwareLink
 from luo_core.kexec import KernelProcess
-from luo_core.platform import HOST_BRIDGE, PCI_BRIDGE, HardwareProcess
+from luo_core.platform import HardwareProcess
 
 NIC = "0000:01:00.0"
 RX_PPS = 500
 """Frames per second: the guest's 1024 buffers last two seconds of blackout."""
 DEADLINE_S = 30.0  # a bound on waiting for the guest, never a pace
-SPEC = {
-    "vms": [
-        {
-            "name": "vm0",
-            "memory": 4 << 20,
-            "vcpus": 1,
-            "devices": [{"kind": "vfio", "device": NIC}],
-        }
-    ]
-}
+SPEC = passthrough_vm(NIC)
 CONFIG = KernelConfig(
     ["luo_virtio_net", "luo_vfio:VfioPack", "luo_kvm", "luo_iommu", "luo_irqchip"],
     discover=False,
@@ -39,14 +31,7 @@ CONFIG = KernelConfig(
 
 
 def host() -> Machine:
-    machine = Machine(memory_size=256 << 20, scratch_size=16 << 20)
-    machine.add("dmar0", compatible="intel,vtd")
-    machine.add("ir0", compatible="intel,vtd-ir")
-    machine.add("kvm", compatible="luo,kvm")
-    machine.add("pci0000:00", compatible=HOST_BRIDGE)
-    machine.add_pci("0000:00:01.0", compatible=PCI_BRIDGE, parent="pci0000:00")
-    machine.add_pci(NIC, compatible=COMPATIBLE, parent="0000:00:01.0", params={"rx_pps": RX_PPS})
-    return machine
+    return passthrough_host(NIC, COMPATIBLE, {"rx_pps": RX_PPS})
 
 
 def stats_of(kernel: KernelProcess) -> dict[str, Any]:
