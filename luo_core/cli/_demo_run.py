@@ -205,7 +205,8 @@ class _Runner:
             for n, d in machine.devices.items()
             if d.compatible == EXAMPLE_NIC and n not in passed
         ]
-        self.life: GuestSample | None = None
+        self.living = False
+        """Whether the VMs run (the VMM started them in this life of theirs)."""
         self.run = Run(options, hardware.pid)
         self.armed: dict[str, str] = {}
         """The NICs whose workload runs (none without the example pack)."""
@@ -356,18 +357,18 @@ class _Runner:
 
     def start_life(self, kernel: DemoKernel) -> None:
         """The VMM starts the VMs: a new life of their guests begins."""
-        self.guests.start(kernel)
         # A life starts from nothing: new guest memory, and NICs reset (cold) or still
-        # disabled since power-on (their first MSI was the new guest's).
-        self.life = GuestSample((), {})
+        # disabled since power-on (their first MSI is the new guest's).
+        self.guests.start(kernel)
+        self.living = True
 
     def end_life(self, kernel: DemoKernel, *, dying: bool = False) -> int | None:
         """The VMs' guests end a life (a reboot is coming, or the run ends): add what they
         counted; the last heartbeat any of them wrote."""
-        if not self.guests or self.life is None:
+        if not self.guests or not self.living:
             return None
         end = self.guest_sample(kernel)
-        counted = guest_counters(self.life, end)
+        counted = guest_counters(end)
         if self.options.mode == "cold":  # the NICs' hardware counters have the frames
             counted.packets_sent = counted.packets_received = 0
             counted.packets_lost = counted.packets_duplicated = 0
@@ -376,7 +377,7 @@ class _Runner:
             counted.io_lost += counted.io_submitted - counted.io_completed - counted.io_lost
         self.run.totals.add(counted)
         self.run.vms = list(end.stats)
-        self.life = None
+        self.living = False
         return max((int(vm.get("last_ns", 0)) for vm in end.stats), default=None)
 
     def quiesce(self, kernel: DemoKernel, timeout_s: float = 2.0) -> None:
